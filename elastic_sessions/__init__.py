@@ -1,0 +1,17 @@
+"""Django session engines on Redis with delta saves, sliding expiry and per-user indexes."""
+
+from __future__ import annotations
+
+from .exceptions import (
+    CorruptSessionData,
+    ElasticSessionsError,
+    SessionStoreUnavailable,
+    SuspiciousSessionKey,
+)
+
+__all__ = [
+    "CorruptSessionData",
+    "ElasticSessionsError",
+    "SessionStoreUnavailable",
+    "SuspiciousSessionKey",
+]

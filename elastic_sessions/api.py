@@ -1,0 +1,169 @@
+"""List and end a user's sessions, whichever elastic engine is configured.
+
+Every function costs work in proportion to that user's sessions: it reads the
+user's index, never SCANs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import import_module
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import SESSION_KEY as USER_ID_KEY
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from .codec import Codec
+from .keys import StorageId, is_valid_session_key, is_valid_storage_id, storage_id
+from .signals import session_revoked
+from .storage.redis import RedisSessionStorage, SessionSummary
+
+__all__ = [
+    "SessionInfo",
+    "alist_sessions",
+    "arevoke_session",
+    "arevoke_user_sessions",
+    "list_sessions",
+    "revoke_session",
+    "revoke_user_sessions",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One live session of a user, as shown on a "your sessions" page."""
+
+    storage_id: StorageId
+    created: datetime | None
+    expires: datetime
+    # Approximate: the load that slid the expiry last (to TOUCH_INTERVAL).
+    last_seen: datetime | None
+    is_current: bool
+
+
+def _storage() -> RedisSessionStorage:
+    engine = import_module(settings.SESSION_ENGINE)
+    storage = getattr(getattr(engine, "SessionStore", None), "storage", None)
+    if not isinstance(storage, RedisSessionStorage):
+        raise ImproperlyConfigured(
+            "elastic_sessions.api needs SESSION_ENGINE to be one of the elastic "
+            f"engines, not {settings.SESSION_ENGINE!r}."
+        )
+    return storage
+
+
+def user_id_of(user: Any) -> str:
+    """The string Django's ``login()`` stores for ``user`` (accepts a pk too)."""
+    meta = getattr(user, "_meta", None)
+    if meta is not None:
+        return str(meta.pk.value_to_string(user))
+    return str(user)
+
+
+def _owner_field(user_id: str) -> tuple[bytes, bytes]:
+    codec = Codec(import_string(settings.SESSION_SERIALIZER))
+    return codec.encode_item(USER_ID_KEY, user_id)
+
+
+def _current_sid(current_session_key: str | None) -> StorageId | None:
+    if current_session_key and is_valid_session_key(current_session_key):
+        return storage_id(current_session_key)
+    return None
+
+
+def _info(summary: SessionSummary, now: float, current: StorageId | None) -> SessionInfo:
+    expires_at = now + summary.ttl_ms / 1000
+    meta = summary.meta
+    last_seen = None
+    if meta is not None and meta.idle > 0 and expires_at < meta.deadline - 1:
+        last_seen = datetime.fromtimestamp(expires_at - meta.idle, UTC)
+    return SessionInfo(
+        storage_id=summary.storage_id,
+        created=datetime.fromtimestamp(meta.created, UTC) if meta else None,
+        expires=datetime.fromtimestamp(expires_at, UTC),
+        last_seen=last_seen,
+        is_current=summary.storage_id == current,
+    )
+
+
+def _sorted(summaries: list[SessionSummary], current_session_key: str | None) -> list[SessionInfo]:
+    now = time.time()
+    current = _current_sid(current_session_key)
+    infos = [_info(summary, now, current) for summary in summaries]
+    return sorted(infos, key=lambda info: (not info.is_current, -info.expires.timestamp()))
+
+
+def list_sessions(user: Any, *, current_session_key: str | None = None) -> list[SessionInfo]:
+    """The user's live sessions, the current one first, then by latest expiry."""
+    return _sorted(_storage().user_sessions(user_id_of(user)), current_session_key)
+
+
+async def alist_sessions(
+    user: Any, *, current_session_key: str | None = None
+) -> list[SessionInfo]:
+    return _sorted(await _storage().auser_sessions(user_id_of(user)), current_session_key)
+
+
+def revoke_session(user: Any, sid: str) -> bool:
+    """End one session of ``user``; False if it is not theirs or already gone.
+
+    A storage id of another user's session is refused atomically, so an id taken
+    from a form can never end somebody else's session.
+    """
+    if not is_valid_storage_id(sid):
+        return False
+    storage, user_id = _storage(), user_id_of(user)
+    deleted = storage.delete_if_owned(StorageId(sid), _owner_field(user_id))
+    storage.update_index(user_id, None, 0, [StorageId(sid)])
+    if deleted:
+        session_revoked.send(revoke_session, user_id=user_id, storage_ids=[sid])
+    return deleted
+
+
+async def arevoke_session(user: Any, sid: str) -> bool:
+    if not is_valid_storage_id(sid):
+        return False
+    storage, user_id = _storage(), user_id_of(user)
+    deleted = await storage.adelete_if_owned(StorageId(sid), _owner_field(user_id))
+    await storage.aupdate_index(user_id, None, 0, [StorageId(sid)])
+    if deleted:
+        await session_revoked.asend(revoke_session, user_id=user_id, storage_ids=[sid])
+    return deleted
+
+
+def revoke_user_sessions(user: Any, *, keep_session_key: str | None = None) -> int:
+    """End every session of ``user`` ("log out everywhere"); returns how many.
+
+    ``keep_session_key`` spares that one session ("sign out everywhere else").
+    """
+    storage, user_id = _storage(), user_id_of(user)
+    keep = _current_sid(keep_session_key)
+    owner = _owner_field(user_id)
+    ended = [
+        summary.storage_id
+        for summary in storage.user_sessions(user_id)
+        if summary.storage_id != keep and storage.delete_if_owned(summary.storage_id, owner)
+    ]
+    if ended:
+        storage.update_index(user_id, None, 0, ended)
+        session_revoked.send(revoke_user_sessions, user_id=user_id, storage_ids=ended)
+    return len(ended)
+
+
+async def arevoke_user_sessions(user: Any, *, keep_session_key: str | None = None) -> int:
+    storage, user_id = _storage(), user_id_of(user)
+    keep = _current_sid(keep_session_key)
+    owner = _owner_field(user_id)
+    ended = [
+        summary.storage_id
+        for summary in await storage.auser_sessions(user_id)
+        if summary.storage_id != keep and await storage.adelete_if_owned(summary.storage_id, owner)
+    ]
+    if ended:
+        await storage.aupdate_index(user_id, None, 0, ended)
+        await session_revoked.asend(revoke_user_sessions, user_id=user_id, storage_ids=ended)
+    return len(ended)

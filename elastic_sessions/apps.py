@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.core import checks
+
+
+class ElasticSessionsConfig(AppConfig):
+    name = "elastic_sessions"
+    verbose_name = "Elastic sessions"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import checks as elastic_checks
+
+        checks.register(elastic_checks.check_settings, checks.Tags.compatibility)
+        checks.register(elastic_checks.check_engine_and_middleware, checks.Tags.compatibility)

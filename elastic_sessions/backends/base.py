@@ -1,0 +1,402 @@
+"""What every elastic engine shares: change tracking, expiry policy, the contract.
+
+The engine keeps, per instance, the fields exactly as they were stored.  A save
+encodes the session again and sends only the fields whose bytes differ, plus
+deletes for keys that are gone; so two requests that change different keys of one
+session both keep their change, and an in-place mutation is caught as soon as the
+session is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import Any, ClassVar
+
+from django.apps import apps
+from django.conf import settings
+from django.contrib.auth import SESSION_KEY as USER_ID_KEY
+from django.contrib.sessions.backends.base import (
+    VALID_KEY_CHARS,
+    CreateError,
+    SessionBase,
+    UpdateError,
+)
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.crypto import get_random_string
+
+from ..codec import Codec, SessionMeta, field_variants, key_of_field
+from ..conf import elastic_settings
+from ..exceptions import CorruptSessionData, SessionStoreUnavailable
+from ..keys import SESSION_KEY_LENGTH, StorageId, is_valid_session_key, storage_id
+from ..signals import session_created, session_rotated
+from ..storage.redis import (
+    IndexChange,
+    RedisSessionStorage,
+    StoredSession,
+    WritePlan,
+    WriteResult,
+    estimated_deadline,
+)
+
+logger = logging.getLogger(__name__)
+
+# A 32-character key from 36 symbols collides about never; the bound only stops
+# a broken store from looping forever.
+_CREATE_ATTEMPTS = 100
+
+
+def require_app_installed() -> None:
+    """Engines import this check: without the app there are no checks or commands."""
+    if not apps.is_installed("elastic_sessions"):
+        raise ImproperlyConfigured(
+            f"SESSION_ENGINE is {settings.SESSION_ENGINE!r} but 'elastic_sessions' "
+            "is not in INSTALLED_APPS. Add it, so its system checks, admin views "
+            "and management commands are available."
+        )
+
+
+def expiry_policy(expiry: object, default_idle: int) -> tuple[int, int]:
+    """``(idle seconds, fixed expiry epoch)`` for a ``_session_expiry`` value.
+
+    Follows ``set_expiry``: None or 0 use the global age (0 also means a
+    browser-session cookie), an int is a sliding idle timeout, a datetime or ISO
+    string is a fixed moment.  A non-positive result means "already expired".
+    """
+    if isinstance(expiry, str):
+        expiry = datetime.fromisoformat(expiry)
+    if isinstance(expiry, datetime):
+        return 0, int(expiry.timestamp())
+    if not expiry:
+        return default_idle, 0
+    if isinstance(expiry, int):
+        return expiry, 0
+    raise TypeError(f"Unsupported _session_expiry value: {expiry!r}")
+
+
+def is_expired(idle: int, fixed_expiry: int, now: float) -> bool:
+    """True when a save under this policy must delete instead (age <= 0)."""
+    return fixed_expiry <= now if fixed_expiry else idle <= 0
+
+
+class ElasticSessionBase(SessionBase):
+    """Django's ``SessionBase`` over a :class:`RedisSessionStorage`-like storage."""
+
+    storage: ClassVar[RedisSessionStorage]
+
+    def __init__(self, session_key: str | None = None) -> None:
+        super().__init__(session_key)
+        self._codec = Codec(self.serializer)
+        self._stored_fields: dict[bytes, bytes] = {}
+        self._meta: SessionMeta | None = None
+        self._touched_ttl: int | None = None
+        self._store_error: SessionStoreUnavailable | None = None
+
+    # -- keys ---------------------------------------------------------------
+    def _validate_session_key(self, key: object) -> bool:
+        # Stricter than Django's "8 characters or more": only keys of the shape
+        # we issue may reach the store; anything else starts a fresh session.
+        return is_valid_session_key(key)
+
+    def _get_new_session_key(self) -> str:
+        # No EXISTS round trip: creation is atomic and retries on a collision.
+        return get_random_string(SESSION_KEY_LENGTH, VALID_KEY_CHARS)
+
+    async def _aget_new_session_key(self) -> str:
+        return self._get_new_session_key()
+
+    @property
+    def storage_id(self) -> StorageId | None:
+        """The id this session is stored under, or None before it has a key."""
+        return storage_id(self.session_key) if self.session_key else None
+
+    @property
+    def store_unavailable(self) -> SessionStoreUnavailable | None:
+        """The outage this instance ran into, if any (read by the middleware)."""
+        return self._store_error
+
+    @property
+    def touched_expiry_age(self) -> int | None:
+        """Seconds left after the load slid the expiry, or None if it did not."""
+        return self._touched_ttl
+
+    def _touch_interval_ms(self) -> int:
+        return elastic_settings.TOUCH_INTERVAL * 1000
+
+    def _unavailable(self, err: SessionStoreUnavailable) -> SessionStoreUnavailable:
+        self._store_error = err
+        return err
+
+    # -- load ---------------------------------------------------------------
+    def load(self) -> dict[str, Any]:
+        if self._store_error is not None:
+            raise self._store_error
+        assert self.session_key is not None  # _get_session only loads with a key
+        try:
+            stored = self.storage.load(storage_id(self.session_key), self._touch_interval_ms())
+        except SessionStoreUnavailable as err:
+            raise self._unavailable(err) from err.__cause__
+        except CorruptSessionData as err:
+            return self._discard_corrupt(err)
+        return self._accept_loaded(stored)
+
+    async def aload(self) -> dict[str, Any]:
+        if self._store_error is not None:
+            raise self._store_error
+        assert self.session_key is not None
+        try:
+            stored = await self.storage.aload(
+                storage_id(self.session_key), self._touch_interval_ms()
+            )
+        except SessionStoreUnavailable as err:
+            raise self._unavailable(err) from err.__cause__
+        except CorruptSessionData as err:
+            return self._discard_corrupt(err)
+        return self._accept_loaded(stored)
+
+    def _accept_loaded(self, stored: StoredSession | None) -> dict[str, Any]:
+        if stored is None:
+            # Unknown or expired: never adopt the client's key (fixation).
+            self._session_key = None
+            return {}
+        try:
+            data, fields, meta = self._codec.decode_fields(stored.fields)
+        except CorruptSessionData as err:
+            return self._discard_corrupt(err)
+        self._stored_fields = fields
+        self._meta = meta
+        self._touched_ttl = stored.ttl_ms // 1000 if stored.touched else None
+        return data
+
+    def _discard_corrupt(self, err: CorruptSessionData) -> dict[str, Any]:
+        logger.warning(
+            "Discarded unreadable session %s (%s); the request continues with a new, "
+            "empty session.",
+            self.storage_id,
+            err,
+        )
+        self._session_key = None
+        self._stored_fields = {}
+        self._meta = None
+        return {}
+
+    # -- expiry -------------------------------------------------------------
+    def _deadline_left(self) -> int | None:
+        if self._meta is None:
+            return None
+        return self._meta.deadline - int(time.time())
+
+    def get_expiry_age(self, **kwargs: Any) -> int:
+        """Django's age, never past the absolute deadline of this session."""
+        age: int = super().get_expiry_age(**kwargs)
+        left = self._deadline_left()
+        return age if left is None else min(age, left)
+
+    async def aget_expiry_age(self, **kwargs: Any) -> int:
+        age: int = await super().aget_expiry_age(**kwargs)
+        left = self._deadline_left()
+        return age if left is None else min(age, left)
+
+    # -- save ---------------------------------------------------------------
+    def _owner(self, fields: dict[bytes, bytes]) -> str | None:
+        for name in field_variants(USER_ID_KEY):
+            if name in fields:
+                _, value = self._codec.decode_item(name, fields[name])
+                return str(value)
+        return None
+
+    def _plan(self, data: dict[str, Any], must_create: bool) -> WritePlan | None:
+        """The write that brings the store to ``data``; None when nothing changed."""
+        idle, fixed = expiry_policy(data.get("_session_expiry"), self.get_session_cookie_age())
+        current = self._codec.encode_session(data)
+        before = {} if must_create else self._stored_fields
+        sets = {name: value for name, value in current.items() if before.get(name) != value}
+        gone = {key_of_field(name) for name in before.keys() - current.keys()}
+        deletes = [variant for key in sorted(gone) for variant in field_variants(key)]
+        old_owner, new_owner = self._owner(before), self._owner(current)
+        if not (must_create or sets or deletes):
+            return None
+        index = None
+        if old_owner != new_owner:
+            deadline = (
+                self._meta.deadline
+                if self._meta is not None and not must_create
+                else estimated_deadline(elastic_settings.ABSOLUTE_TIMEOUT)
+            )
+            index = IndexChange(add_user=new_owner, remove_user=old_owner, deadline=deadline)
+        return WritePlan(
+            create=must_create,
+            idle=idle,
+            absolute=elastic_settings.ABSOLUTE_TIMEOUT,
+            fixed_expiry=fixed,
+            sets=sets,
+            deletes=deletes,
+            index=index,
+        )
+
+    def _apply_write(self, plan: WritePlan, result: WriteResult) -> None:
+        if result.status == 0:
+            raise CreateError
+        if result.status == -1:
+            raise UpdateError
+        if result.status == -2:
+            # The fixed expiry passed between planning and writing.
+            self._stored_fields, self._meta = {}, None
+            return
+        stored = {} if plan.create else self._stored_fields
+        deleted = set(plan.deletes)
+        self._stored_fields = {
+            **{name: value for name, value in stored.items() if name not in deleted},
+            **plan.sets,
+        }
+        self._meta = result.meta
+
+    def _expires_now(self, data: dict[str, Any]) -> bool:
+        idle, fixed = expiry_policy(data.get("_session_expiry"), self.get_session_cookie_age())
+        return is_expired(idle, fixed, time.time())
+
+    def save(self, must_create: bool = False) -> None:
+        if self.session_key is None:
+            return self.create()
+        data = self._get_session(no_load=must_create)
+        sid = storage_id(self.session_key)
+        if self._expires_now(data):
+            # Django's contract: a non-positive expiry age ends the session.
+            return None if must_create else self._delete_sid(sid)
+        plan = self._plan(data, must_create)
+        if plan is None:
+            return None
+        try:
+            result = self.storage.write(sid, plan)
+        except SessionStoreUnavailable as err:
+            raise self._unavailable(err) from err.__cause__
+        self._apply_write(plan, result)
+        return None
+
+    async def asave(self, must_create: bool = False) -> None:
+        if self.session_key is None:
+            return await self.acreate()
+        data = await self._aget_session(no_load=must_create)
+        sid = storage_id(self.session_key)
+        if self._expires_now(data):
+            return None if must_create else await self._adelete_sid(sid)
+        plan = self._plan(data, must_create)
+        if plan is None:
+            return None
+        try:
+            result = await self.storage.awrite(sid, plan)
+        except SessionStoreUnavailable as err:
+            raise self._unavailable(err) from err.__cause__
+        self._apply_write(plan, result)
+        return None
+
+    # -- create -------------------------------------------------------------
+    def create(self) -> None:
+        for _ in range(_CREATE_ATTEMPTS):
+            self._session_key = self._get_new_session_key()
+            try:
+                self.save(must_create=True)
+            except CreateError:
+                continue
+            self.modified = True
+            session_created.send(type(self), storage_id=self.storage_id)
+            return
+        raise RuntimeError("Could not create a session with a unique key.")
+
+    async def acreate(self) -> None:
+        for _ in range(_CREATE_ATTEMPTS):
+            self._session_key = await self._aget_new_session_key()
+            try:
+                await self.asave(must_create=True)
+            except CreateError:
+                continue
+            self.modified = True
+            await session_created.asend(type(self), storage_id=self.storage_id)
+            return
+        raise RuntimeError("Could not create a session with a unique key.")
+
+    # -- exists / delete ----------------------------------------------------
+    def exists(self, session_key: str | None) -> bool:
+        if not is_valid_session_key(session_key):
+            return False
+        assert session_key is not None
+        return self.storage.exists(storage_id(session_key))
+
+    async def aexists(self, session_key: str | None) -> bool:
+        if not is_valid_session_key(session_key):
+            return False
+        assert session_key is not None
+        return await self.storage.aexists(storage_id(session_key))
+
+    def _key_to_delete(self, session_key: str | None) -> StorageId | None:
+        key = self.session_key if session_key is None else session_key
+        return storage_id(key) if is_valid_session_key(key) else None  # type: ignore[arg-type]
+
+    def delete(self, session_key: str | None = None) -> None:
+        sid = self._key_to_delete(session_key)
+        if sid is not None:
+            self._delete_sid(sid)
+
+    async def adelete(self, session_key: str | None = None) -> None:
+        sid = self._key_to_delete(session_key)
+        if sid is not None:
+            await self._adelete_sid(sid)
+
+    def _delete_sid(self, sid: StorageId) -> None:
+        try:
+            result = self.storage.delete(sid)
+            owner = self._owner_of(result.owner_field, result.owner_value)
+            if owner is not None:
+                self.storage.update_index(owner, None, 0, [sid])
+        except SessionStoreUnavailable as err:
+            raise self._unavailable(err) from err.__cause__
+
+    async def _adelete_sid(self, sid: StorageId) -> None:
+        try:
+            result = await self.storage.adelete(sid)
+            owner = self._owner_of(result.owner_field, result.owner_value)
+            if owner is not None:
+                await self.storage.aupdate_index(owner, None, 0, [sid])
+        except SessionStoreUnavailable as err:
+            raise self._unavailable(err) from err.__cause__
+
+    def _owner_of(self, field_name: bytes | None, value: bytes | None) -> str | None:
+        if field_name is None or value is None:
+            return None
+        try:
+            return str(self._codec.decode_item(field_name, value)[1])
+        except CorruptSessionData:
+            return None
+
+    # -- cycle_key ----------------------------------------------------------
+    def cycle_key(self) -> None:
+        """Move the data to a new key: create it, then delete the old (no RENAME)."""
+        data = self._session
+        old_sid = self.storage_id
+        self.create()
+        self._session_cache = data
+        if old_sid is not None:
+            self._delete_sid(old_sid)
+            session_rotated.send(type(self), old_storage_id=old_sid, storage_id=self.storage_id)
+
+    async def acycle_key(self) -> None:
+        data = await self._aget_session()
+        old_sid = self.storage_id
+        await self.acreate()
+        self._session_cache = data
+        if old_sid is not None:
+            await self._adelete_sid(old_sid)
+            await session_rotated.asend(
+                type(self), old_storage_id=old_sid, storage_id=self.storage_id
+            )
+
+    # -- maintenance --------------------------------------------------------
+    @classmethod
+    def clear_expired(cls) -> None:
+        # Redis expires sessions itself; index upkeep is clearsessions_elastic's.
+        return None
+
+    @classmethod
+    async def aclear_expired(cls) -> None:
+        return None

@@ -1,0 +1,180 @@
+"""The ``ELASTIC_SESSIONS`` settings: defaults, lazy reads, one parsed view.
+
+Reads happen at attribute access, so ``override_settings`` works in tests.
+Validation lives in :mod:`elastic_sessions.checks`; this module only trusts what
+it narrows itself and raises ``ImproperlyConfigured`` for what it cannot use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+
+DEFAULTS: dict[str, object] = {
+    # Where sessions live.  Ignored when CACHE_ALIAS is set.
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    # Reuse the connection pool of a django-redis CACHES alias instead.
+    "CACHE_ALIAS": None,
+    # Override the URL's ACL user and password (keeps secrets out of URLs).
+    "USERNAME": None,
+    "PASSWORD": None,
+    # Seconds.  Short on purpose: a slow store must fail fast, not hang workers.
+    "SOCKET_TIMEOUT": 0.5,
+    "SOCKET_CONNECT_TIMEOUT": 0.5,
+    # Extra attempts after a connection error (one reconnect covers a restart).
+    "RETRIES": 1,
+    "MAX_CONNECTIONS": 100,
+    "HEALTH_CHECK_INTERVAL": 30,
+    # TLS (rediss://).  Paths to PEM files; CERT_REQS is required|optional|none.
+    "SSL_CA_CERTS": None,
+    "SSL_CERTFILE": None,
+    "SSL_KEYFILE": None,
+    "SSL_CERT_REQS": "required",
+    "SSL_CHECK_HOSTNAME": False,
+    # Every Redis key starts with this; keep it short, it is stored per session.
+    "KEY_PREFIX": "es",
+    # Secret for the keyed hash that turns a cookie into a storage id.
+    # None derives one from SECRET_KEY.
+    "STORAGE_ID_SECRET": None,
+    # A session ends this many seconds after creation, however active it is.
+    "ABSOLUTE_TIMEOUT": 30 * 24 * 3600,
+    # Sliding expiry is refreshed at most once per this many seconds.
+    "TOUCH_INTERVAL": 60,
+    # Seconds a client is told to wait by the 503 sent while Redis is down.
+    "RETRY_AFTER": 5,
+}
+
+# Keys that earlier designs used; reported by the checks with their replacement.
+REMOVED: dict[str, str] = {
+    "URL": "REDIS_URL",
+    "PREFIX": "KEY_PREFIX",
+    "TIMEOUT": "SOCKET_TIMEOUT",
+}
+
+
+def user_settings() -> dict[str, object]:
+    """The raw ``ELASTIC_SESSIONS`` dict, or ``{}`` when unset or not a dict."""
+    raw: object = getattr(django_settings, "ELASTIC_SESSIONS", {})
+    return dict(raw) if isinstance(raw, dict) else {}
+
+
+class Settings:
+    """Typed, lazy view of ``ELASTIC_SESSIONS`` merged over :data:`DEFAULTS`."""
+
+    def _get(self, name: str) -> object:
+        return user_settings().get(name, DEFAULTS[name])
+
+    def _optional_str(self, name: str) -> str | None:
+        value = self._get(name)
+        if value is None or isinstance(value, str):
+            return value
+        raise ImproperlyConfigured(f"ELASTIC_SESSIONS[{name!r}] must be a string.")
+
+    def _number(self, name: str, *, allow_zero: bool = False) -> float:
+        value = self._get(name)
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (value > 0 or (allow_zero and value == 0))
+        ):
+            return float(value)
+        expected = "a number >= 0" if allow_zero else "a positive number"
+        raise ImproperlyConfigured(f"ELASTIC_SESSIONS[{name!r}] must be {expected}.")
+
+    def _int(self, name: str, *, allow_zero: bool = False) -> int:
+        value = self._number(name, allow_zero=allow_zero)
+        if value != int(value):
+            raise ImproperlyConfigured(f"ELASTIC_SESSIONS[{name!r}] must be a whole number.")
+        return int(value)
+
+    @property
+    def REDIS_URL(self) -> str:
+        return self._optional_str("REDIS_URL") or str(DEFAULTS["REDIS_URL"])
+
+    @property
+    def CACHE_ALIAS(self) -> str | None:
+        return self._optional_str("CACHE_ALIAS")
+
+    @property
+    def USERNAME(self) -> str | None:
+        return self._optional_str("USERNAME")
+
+    @property
+    def PASSWORD(self) -> str | None:
+        return self._optional_str("PASSWORD")
+
+    @property
+    def SOCKET_TIMEOUT(self) -> float:
+        return self._number("SOCKET_TIMEOUT")
+
+    @property
+    def SOCKET_CONNECT_TIMEOUT(self) -> float:
+        return self._number("SOCKET_CONNECT_TIMEOUT")
+
+    @property
+    def RETRIES(self) -> int:
+        return self._int("RETRIES", allow_zero=True)
+
+    @property
+    def MAX_CONNECTIONS(self) -> int:
+        return self._int("MAX_CONNECTIONS")
+
+    @property
+    def HEALTH_CHECK_INTERVAL(self) -> int:
+        return self._int("HEALTH_CHECK_INTERVAL", allow_zero=True)
+
+    @property
+    def SSL_CA_CERTS(self) -> str | None:
+        return self._optional_str("SSL_CA_CERTS")
+
+    @property
+    def SSL_CERTFILE(self) -> str | None:
+        return self._optional_str("SSL_CERTFILE")
+
+    @property
+    def SSL_KEYFILE(self) -> str | None:
+        return self._optional_str("SSL_KEYFILE")
+
+    @property
+    def SSL_CERT_REQS(self) -> str:
+        value = self._optional_str("SSL_CERT_REQS") or "required"
+        if value not in {"required", "optional", "none"}:
+            raise ImproperlyConfigured(
+                "ELASTIC_SESSIONS['SSL_CERT_REQS'] must be 'required', "
+                "'optional' or 'none'."
+            )
+        return value
+
+    @property
+    def SSL_CHECK_HOSTNAME(self) -> bool:
+        return bool(self._get("SSL_CHECK_HOSTNAME"))
+
+    @property
+    def KEY_PREFIX(self) -> str:
+        return self._optional_str("KEY_PREFIX") or str(DEFAULTS["KEY_PREFIX"])
+
+    @property
+    def STORAGE_ID_SECRET(self) -> str:
+        secret = self._optional_str("STORAGE_ID_SECRET")
+        return secret if secret else str(django_settings.SECRET_KEY)
+
+    @property
+    def ABSOLUTE_TIMEOUT(self) -> int:
+        return self._int("ABSOLUTE_TIMEOUT")
+
+    @property
+    def TOUCH_INTERVAL(self) -> int:
+        return self._int("TOUCH_INTERVAL", allow_zero=True)
+
+    @property
+    def RETRY_AFTER(self) -> int:
+        return self._int("RETRY_AFTER")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting as the engines see it (secrets included: never log this)."""
+        return {name: getattr(self, name) for name in DEFAULTS}
+
+
+elastic_settings = Settings()

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from django.core.exceptions import SuspiciousOperation
+
+
+class ElasticSessionsError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class SessionStoreUnavailable(ElasticSessionsError):
+    """The session store could not be reached or refused to serve.
+
+    Raised for outages (connection refused, timeouts, a server that is loading,
+    out of memory or read-only), never for programming errors.  The
+    ``elastic_sessions.middleware.SessionMiddleware`` turns it into a 503 with
+    ``Retry-After`` and keeps the session cookie, so nobody is logged out.
+    """
+
+
+class CorruptSessionData(ElasticSessionsError):
+    """A stored session could not be decoded (wrong type, bad value, bad metadata)."""
+
+
+class SuspiciousSessionKey(SuspiciousOperation):
+    """A cookie carried a session key that no engine of ours could have issued."""

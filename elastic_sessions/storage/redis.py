@@ -1,0 +1,295 @@
+"""Sessions in Redis: one hash per session, one sorted set per user.
+
+Every operation is one round trip, and every Redis call here names keys of one
+slot, so the layout runs unchanged on Redis Cluster.  Methods come in sync and
+async twins that differ only by ``await``; argument building and reply parsing
+are pure functions below the class.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..codec import META_FIELD, SessionMeta
+from ..connection import get_async_client, get_client, translate_outages
+from ..exceptions import CorruptSessionData
+from ..keys import StorageId, session_redis_key, user_index_redis_key
+from .scripts import (
+    ScriptCall,
+    arun_pipeline,
+    delete_if_owned_script,
+    delete_script,
+    index_update_script,
+    load_script,
+    run_pipeline,
+    save_script,
+)
+
+# Index scores are deadlines; when a write cannot know the server-side deadline
+# yet, it estimates one and adds this much for clock skew between hosts.
+_DEADLINE_SKEW_MARGIN = 60
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """A session as read from the store."""
+
+    fields: dict[bytes, bytes]
+    ttl_ms: int
+    touched: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IndexChange:
+    """Move a session between users' indexes (login, logout, user switch)."""
+
+    add_user: str | None
+    remove_user: str | None
+    deadline: int
+
+
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    """Everything one save sends: which fields change and the expiry policy."""
+
+    create: bool
+    idle: int
+    absolute: int
+    fixed_expiry: int
+    sets: dict[bytes, bytes]
+    deletes: list[bytes]
+    index: IndexChange | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """``status``: 1 written, 0 key exists (create), -1 missing (update), -2 expired."""
+
+    status: int
+    meta: SessionMeta | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResult:
+    deleted: bool
+    owner_field: bytes | None
+    owner_value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """What the per-user listing reads of one session."""
+
+    storage_id: StorageId
+    meta: SessionMeta | None
+    ttl_ms: int
+
+
+@dataclass
+class RedisSessionStorage:
+    """The Redis layout; the engines hold one and call it with storage ids."""
+
+    owner_fields: tuple[bytes, bytes] = field(default=(b"", b""))
+
+    # -- load ---------------------------------------------------------------
+    def load(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None:
+        with translate_outages("load a session"):
+            reply = load_script(get_client(), [session_redis_key(sid)], [touch_interval_ms])
+        return _parse_load(reply)
+
+    async def aload(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None:
+        with translate_outages("load a session"):
+            reply = await load_script.acall(
+                get_async_client(), [session_redis_key(sid)], [touch_interval_ms]
+            )
+        return _parse_load(reply)
+
+    # -- write --------------------------------------------------------------
+    def write(self, sid: StorageId, plan: WritePlan) -> WriteResult:
+        with translate_outages("save a session"):
+            replies = run_pipeline(get_client(), _write_calls(sid, plan))
+            result = _parse_write(replies[0])
+            if plan.index is not None and plan.index.add_user and result.status != 1:
+                # The pipelined index entry points at nothing: take it back.
+                run_pipeline(get_client(), [_index_call(plan.index.add_user, None, 0, [sid])])
+        return result
+
+    async def awrite(self, sid: StorageId, plan: WritePlan) -> WriteResult:
+        with translate_outages("save a session"):
+            client = get_async_client()
+            replies = await arun_pipeline(client, _write_calls(sid, plan))
+            result = _parse_write(replies[0])
+            if plan.index is not None and plan.index.add_user and result.status != 1:
+                await arun_pipeline(client, [_index_call(plan.index.add_user, None, 0, [sid])])
+        return result
+
+    # -- delete -------------------------------------------------------------
+    def delete(self, sid: StorageId) -> DeleteResult:
+        with translate_outages("delete a session"):
+            reply = delete_script(get_client(), [session_redis_key(sid)], self.owner_fields)
+        return _parse_delete(reply)
+
+    async def adelete(self, sid: StorageId) -> DeleteResult:
+        with translate_outages("delete a session"):
+            reply = await delete_script.acall(
+                get_async_client(), [session_redis_key(sid)], self.owner_fields
+            )
+        return _parse_delete(reply)
+
+    def delete_if_owned(self, sid: StorageId, owner: tuple[bytes, bytes]) -> bool:
+        with translate_outages("revoke a session"):
+            return bool(delete_if_owned_script(get_client(), [session_redis_key(sid)], owner))
+
+    async def adelete_if_owned(self, sid: StorageId, owner: tuple[bytes, bytes]) -> bool:
+        with translate_outages("revoke a session"):
+            return bool(
+                await delete_if_owned_script.acall(
+                    get_async_client(), [session_redis_key(sid)], owner
+                )
+            )
+
+    # -- exists -------------------------------------------------------------
+    def exists(self, sid: StorageId) -> bool:
+        with translate_outages("check a session"):
+            return bool(get_client().exists(session_redis_key(sid)))
+
+    async def aexists(self, sid: StorageId) -> bool:
+        with translate_outages("check a session"):
+            return bool(await get_async_client().exists(session_redis_key(sid)))
+
+    # -- per-user index -----------------------------------------------------
+    def update_index(self, user_id: str, add: StorageId | None, deadline: int,
+                     remove: Sequence[StorageId] = ()) -> int:
+        with translate_outages("update a user's session index"):
+            reply = run_pipeline(get_client(), [_index_call(user_id, add, deadline, remove)])
+        return int(reply[0])
+
+    async def aupdate_index(self, user_id: str, add: StorageId | None, deadline: int,
+                            remove: Sequence[StorageId] = ()) -> int:
+        with translate_outages("update a user's session index"):
+            reply = await arun_pipeline(
+                get_async_client(), [_index_call(user_id, add, deadline, remove)]
+            )
+        return int(reply[0])
+
+    def user_sessions(self, user_id: str) -> list[SessionSummary]:
+        """The live sessions of a user (stale index entries are pruned on the way)."""
+        client = get_client()
+        with translate_outages("list a user's sessions"):
+            sids = _decode_ids(
+                client.zrangebyscore(user_index_redis_key(user_id), int(time.time()), "+inf")
+            )
+            if not sids:
+                return []
+            pipe = client.pipeline(transaction=False)
+            for sid in sids:
+                _queue_summary(pipe, sid)
+            summaries, stale = _parse_summaries(sids, pipe.execute())
+            if stale:
+                run_pipeline(client, [_index_call(user_id, None, 0, stale)])
+        return summaries
+
+    async def auser_sessions(self, user_id: str) -> list[SessionSummary]:
+        client = get_async_client()
+        with translate_outages("list a user's sessions"):
+            sids = _decode_ids(
+                await client.zrangebyscore(
+                    user_index_redis_key(user_id), int(time.time()), "+inf"
+                )
+            )
+            if not sids:
+                return []
+            pipe = client.pipeline(transaction=False)
+            for sid in sids:
+                _queue_summary(pipe, sid)
+            summaries, stale = _parse_summaries(sids, await pipe.execute())
+            if stale:
+                await arun_pipeline(client, [_index_call(user_id, None, 0, stale)])
+        return summaries
+
+
+def estimated_deadline(absolute_timeout: int) -> int:
+    """An upper bound for a deadline the server has not reported yet."""
+    return int(time.time()) + absolute_timeout + _DEADLINE_SKEW_MARGIN
+
+
+def _index_call(
+    user_id: str, add: StorageId | None, deadline: int, remove: Sequence[StorageId]
+) -> ScriptCall:
+    return (
+        index_update_script,
+        [user_index_redis_key(user_id)],
+        [add or "", deadline, *remove],
+    )
+
+
+def _write_calls(sid: StorageId, plan: WritePlan) -> list[ScriptCall]:
+    args: list[Any] = [
+        "c" if plan.create else "u",
+        plan.idle,
+        plan.absolute,
+        plan.fixed_expiry,
+        len(plan.sets),
+    ]
+    for name, value in plan.sets.items():
+        args += (name, value)
+    args += plan.deletes
+    calls: list[ScriptCall] = [(save_script, [session_redis_key(sid)], args)]
+    index = plan.index
+    if index is not None:
+        if index.remove_user is not None:
+            calls.append(_index_call(index.remove_user, None, 0, [sid]))
+        if index.add_user is not None:
+            calls.append(_index_call(index.add_user, sid, index.deadline, ()))
+    return calls
+
+
+def _parse_load(reply: Any) -> StoredSession | None:
+    if reply is None:
+        return None
+    if reply == [-1]:
+        raise CorruptSessionData("the session key holds a value that is not a hash")
+    ttl_ms, touched, *flat = reply
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    return StoredSession(fields=fields, ttl_ms=int(ttl_ms), touched=bool(touched))
+
+
+def _parse_write(reply: Any) -> WriteResult:
+    status, meta = int(reply[0]), reply[1]
+    return WriteResult(status, SessionMeta.decode(meta) if meta else None)
+
+
+def _parse_delete(reply: Any) -> DeleteResult:
+    deleted, field_name, value = reply
+    return DeleteResult(bool(deleted), field_name or None, value or None)
+
+
+def _decode_ids(raw: list[bytes]) -> list[StorageId]:
+    return [StorageId(item.decode("ascii")) for item in raw]
+
+
+def _queue_summary(pipe: Any, sid: StorageId) -> None:
+    key = session_redis_key(sid)
+    pipe.hget(key, META_FIELD)
+    pipe.pttl(key)
+
+
+def _parse_summaries(
+    sids: list[StorageId], replies: list[Any]
+) -> tuple[list[SessionSummary], list[StorageId]]:
+    summaries: list[SessionSummary] = []
+    stale: list[StorageId] = []
+    for index, sid in enumerate(sids):
+        raw_meta, ttl_ms = replies[2 * index], replies[2 * index + 1]
+        if ttl_ms == -2:  # the key is gone: expired idle, deleted, evicted
+            stale.append(sid)
+            continue
+        try:
+            meta = SessionMeta.decode(raw_meta) if raw_meta else None
+        except CorruptSessionData:
+            meta = None
+        summaries.append(SessionSummary(sid, meta, int(ttl_ms)))
+    return summaries, stale

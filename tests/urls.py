@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("set/<str:key>/<str:value>/", views.set_value),
+    path("get/<str:key>/", views.get_value),
+    path("login/<str:username>/", views.login_view),
+    path("logout/", views.logout_view),
+    path("plain/", views.plain),
+    path("async/set/<str:key>/<str:value>/", views.aset_value),
+    path("async/get/<str:key>/", views.aget_value),
+]

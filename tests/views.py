@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model, login, logout
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+
+def set_value(request: HttpRequest, key: str, value: str) -> HttpResponse:
+    request.session[key] = value
+    return HttpResponse("ok")
+
+
+def get_value(request: HttpRequest, key: str) -> JsonResponse:
+    return JsonResponse({"value": request.session.get(key)})
+
+
+async def aset_value(request: HttpRequest, key: str, value: str) -> HttpResponse:
+    await request.session.aset(key, value)
+    return HttpResponse("ok")
+
+
+async def aget_value(request: HttpRequest, key: str) -> JsonResponse:
+    return JsonResponse({"value": await request.session.aget(key)})
+
+
+def login_view(request: HttpRequest, username: str) -> HttpResponse:
+    user, _ = get_user_model().objects.get_or_create(username=username)
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    return HttpResponse("in")
+
+
+def logout_view(request: HttpRequest) -> HttpResponse:
+    logout(request)
+    return HttpResponse("out")
+
+
+def plain(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("plain")
