@@ -1,0 +1,148 @@
+"""When Redis is down, full or paused, the redis engine fails loudly, never logs out."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from django.conf import settings
+from django.test import AsyncClient, Client
+
+from elastic_sessions.backends.redis import SessionStore
+from elastic_sessions.exceptions import SessionStoreUnavailable
+
+COOKIE = settings.SESSION_COOKIE_NAME
+
+
+@pytest.fixture
+def durable_redis(redis_factory, use_server):
+    """A private server that survives kill -9 with its data (AOF, fsync always)."""
+    server = redis_factory(extra_args=["--appendonly", "yes", "--appendfsync", "always"])
+    use_server(server)
+    return server
+
+
+def signed_in_client():
+    client = Client(raise_request_exception=False)
+    assert client.get("/login/alice/").status_code == 200
+    assert client.get("/set/color/blue/").status_code == 200
+    return client
+
+
+def assert_unavailable(response):
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert COOKIE not in response.cookies  # neither refreshed nor deleted
+    assert "Cookie" in response["Vary"]
+
+
+@pytest.mark.django_db
+def test_killed_redis_gives_503_and_keeps_the_cookie(durable_redis, caplog):
+    """With Redis killed, reads and writes answer 503 with Retry-After and a log line."""
+    client = signed_in_client()
+    cookie = client.cookies[COOKIE].value
+    durable_redis.kill()
+    with caplog.at_level(logging.ERROR, logger="elastic_sessions"):
+        assert_unavailable(client.get("/get/color/"))
+        assert_unavailable(client.get("/set/color/red/"))
+    messages = [rec.getMessage() for rec in caplog.records if rec.name.startswith("elastic_sessions")]
+    assert any("Session store unavailable" in message for message in messages)
+    assert client.cookies[COOKIE].value == cookie
+    durable_redis.start()
+    assert client.get("/get/color/").json() == {"value": "blue"}
+    assert client.get("/get/_auth_user_id/").json()["value"] is not None
+
+
+@pytest.mark.django_db
+async def test_killed_redis_gives_503_on_async_views(durable_redis):
+    """Async views get the same 503 while Redis is down, and recover after."""
+    client = AsyncClient(raise_request_exception=False)
+    await client.get("/async/set/color/green/")
+    cookie = client.cookies[COOKIE].value
+    durable_redis.kill()
+    response = await client.get("/async/get/color/")
+    assert_unavailable(response)
+    durable_redis.start()
+    assert client.cookies[COOKIE].value == cookie
+    assert (await client.get("/async/get/color/")).json() == {"value": "green"}
+
+
+def test_unreachable_redis_raises_a_clear_exception(redis_factory, use_server):
+    """The engine raises SessionStoreUnavailable, naming what failed, when Redis is gone."""
+    server = redis_factory()
+    use_server(server)
+    session = SessionStore()
+    session["a"] = 1
+    session.save()
+    server.kill()
+    with pytest.raises(SessionStoreUnavailable, match="could not load a session"):
+        SessionStore(session.session_key)["a"]
+    with pytest.raises(SessionStoreUnavailable, match="could not save a session"):
+        fresh = SessionStore()
+        fresh["a"] = 1
+        fresh.save()
+
+
+def test_outage_is_remembered_for_the_rest_of_the_request(redis_factory, use_server):
+    """After one failed load, later accesses fail at once instead of waiting again."""
+    from .roundtrips import count_round_trips
+
+    server = redis_factory()
+    use_server(server)
+    session = SessionStore()
+    session["a"] = 1
+    session.save()
+    server.kill()
+    broken = SessionStore(session.session_key)
+    with pytest.raises(SessionStoreUnavailable):
+        broken.get("a")
+    with count_round_trips() as trips, pytest.raises(SessionStoreUnavailable):
+        broken.get("a")
+    assert trips.count == 0
+
+
+def test_restart_empty_starts_fresh_sessions(redis_factory, use_server):
+    """A restart that lost the data gives new sessions (there is no durable copy here)."""
+    server = redis_factory()
+    use_server(server)
+    client = Client()
+    client.get("/set/a/1/")
+    server.kill()
+    server.start()
+    response = client.get("/get/a/")
+    assert response.status_code == 200
+    assert response.json() == {"value": None}
+
+
+def test_full_redis_refuses_writes_with_503_but_serves_reads(redis_factory, use_server):
+    """Under maxmemory with noeviction, writes answer 503 and reads still work."""
+    server = redis_factory(extra_args=["--maxmemory-policy", "noeviction"])
+    use_server(server)
+    client = Client(raise_request_exception=False)
+    client.get("/set/a/1/")
+    admin = server.client()
+    admin.config_set("maxmemory", 1)  # any dataset is now over the limit
+    assert_unavailable(client.get("/set/b/2/"))
+    reading = client.get("/get/a/")
+    assert reading.status_code == 200
+    assert reading.json() == {"value": "1"}
+    admin.config_set("maxmemory", 0)
+    assert client.get("/set/b/2/").status_code == 200
+
+
+def test_paused_redis_times_out_quickly_with_503(redis_factory, use_server):
+    """A Redis that stops answering (CLIENT PAUSE) costs one short timeout, then 503."""
+    import time
+
+    server = redis_factory()
+    use_server(server, SOCKET_TIMEOUT=0.2, RETRIES=0)
+    client = Client(raise_request_exception=False)
+    client.get("/set/a/1/")
+    server.client().client_pause(1500, all=True)
+    started = time.monotonic()
+    response = client.get("/get/a/")
+    elapsed = time.monotonic() - started
+    assert_unavailable(response)
+    assert elapsed < 1.0
+    time.sleep(1.6)
+    assert client.get("/get/a/").json() == {"value": "1"}
