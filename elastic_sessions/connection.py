@@ -131,19 +131,22 @@ def get_client() -> redis.Redis:
     return _sync_client
 
 
-_SYNC_ONLY_KWARGS = (
-    "ssl_validate_ocsp",
-    "ssl_validate_ocsp_stapled",
-    "ssl_ocsp_context",
-    "ssl_ocsp_expected_cert",
-    "retry",
-)
+# What an asyncio connection accepts of a sync pool's options (sync pools carry
+# more: OCSP, maintenance notifications, parsers of their own).
+_MIRRORED_KWARGS = frozenset({
+    "host", "port", "path", "db", "username", "password", "client_name",
+    "socket_timeout", "socket_connect_timeout", "socket_keepalive",
+    "socket_keepalive_options", "health_check_interval", "encoding",
+    "encoding_errors", "decode_responses", "protocol", "ssl_keyfile",
+    "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data",
+    "ssl_check_hostname", "ssl_min_version", "ssl_ciphers",
+})  # fmt: skip
 
 
 def _async_from_sync_pool(client: redis.Redis) -> redis.asyncio.Redis:
     # django-redis has no asyncio client: mirror its pool's options instead.
     pool = client.connection_pool
-    kwargs = dict(pool.connection_kwargs)
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _MIRRORED_KWARGS}
     sync_class = pool.connection_class
     if issubclass(sync_class, redis.connection.UnixDomainSocketConnection):
         connection_class: type[redis.asyncio.connection.AbstractConnection] = (
@@ -153,8 +156,6 @@ def _async_from_sync_pool(client: redis.Redis) -> redis.asyncio.Redis:
         connection_class = redis.asyncio.connection.SSLConnection
     else:
         connection_class = redis.asyncio.connection.Connection
-    for sync_only in _SYNC_ONLY_KWARGS:
-        kwargs.pop(sync_only, None)
     async_pool = redis.asyncio.ConnectionPool(connection_class=connection_class, **kwargs)
     return redis.asyncio.Redis(connection_pool=async_pool, retry=_async_retry())
 
