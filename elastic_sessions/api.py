@@ -102,9 +102,7 @@ def list_sessions(user: Any, *, current_session_key: str | None = None) -> list[
     return _sorted(_storage().user_sessions(user_id_of(user)), current_session_key)
 
 
-async def alist_sessions(
-    user: Any, *, current_session_key: str | None = None
-) -> list[SessionInfo]:
+async def alist_sessions(user: Any, *, current_session_key: str | None = None) -> list[SessionInfo]:
     return _sorted(await _storage().auser_sessions(user_id_of(user)), current_session_key)
 
 

@@ -10,7 +10,7 @@ class ElasticSessionsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks as elastic_checks
+        from . import checks as elastic_checks  # noqa: PLC0415 - needs loaded apps
 
         checks.register(elastic_checks.check_settings, checks.Tags.compatibility)
         checks.register(elastic_checks.check_engine_and_middleware, checks.Tags.compatibility)

@@ -86,9 +86,7 @@ class Codec:
 
     def encode_item(self, key: str, value: object) -> tuple[bytes, bytes]:
         if not isinstance(key, str):
-            raise TypeError(
-                f"Session keys must be str, not {type(key).__name__}: {key!r}."
-            )
+            raise TypeError(f"Session keys must be str, not {type(key).__name__}: {key!r}.")
         if self.raw_strings and isinstance(value, str):
             return (
                 RAW_STR_MARK + key.encode("utf-8", "surrogatepass"),

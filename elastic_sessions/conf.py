@@ -142,8 +142,7 @@ class Settings:
         value = self._optional_str("SSL_CERT_REQS") or "required"
         if value not in {"required", "optional", "none"}:
             raise ImproperlyConfigured(
-                "ELASTIC_SESSIONS['SSL_CERT_REQS'] must be 'required', "
-                "'optional' or 'none'."
+                "ELASTIC_SESSIONS['SSL_CERT_REQS'] must be 'required', 'optional' or 'none'."
             )
         return value
 

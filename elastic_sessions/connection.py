@@ -44,9 +44,9 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
 _sync_client: redis.Redis | None = None
 # Whether we made _sync_client (and so may close it) or borrowed django-redis'.
 _sync_client_owned = False
-_async_clients: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, redis.asyncio.Redis
-] = weakref.WeakKeyDictionary()
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @contextmanager
@@ -101,7 +101,7 @@ def _async_retry() -> redis.asyncio.retry.Retry:
 
 def _cache_alias_client(alias: str) -> redis.Redis:
     try:
-        from django_redis import get_redis_connection
+        from django_redis import get_redis_connection  # noqa: PLC0415 - optional
     except ImportError as err:
         raise ImproperlyConfigured(
             "ELASTIC_SESSIONS['CACHE_ALIAS'] needs django-redis: "

@@ -13,7 +13,7 @@ import time
 
 from django.conf import settings
 from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import HttpRequest, HttpResponse
 from django.utils.cache import patch_vary_headers
 from django.utils.http import http_date
 
@@ -42,16 +42,12 @@ def unavailable_response(error: SessionStoreUnavailable) -> HttpResponse:
 class SessionMiddleware(DjangoSessionMiddleware):
     """Drop-in replacement for ``django.contrib.sessions.middleware.SessionMiddleware``."""
 
-    def process_exception(
-        self, request: HttpRequest, exception: Exception
-    ) -> HttpResponse | None:
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, SessionStoreUnavailable):
             return self._unavailable(request, exception)
         return None
 
-    def process_response(
-        self, request: HttpRequest, response: HttpResponseBase
-    ) -> HttpResponseBase:
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         session = getattr(request, "session", None)
         error = getattr(session, "store_unavailable", None)
         if error is not None:
@@ -68,9 +64,7 @@ class SessionMiddleware(DjangoSessionMiddleware):
         self._refresh_touched_cookie(request, response)
         return response
 
-    def _unavailable(
-        self, request: HttpRequest, error: SessionStoreUnavailable
-    ) -> HttpResponse:
+    def _unavailable(self, request: HttpRequest, error: SessionStoreUnavailable) -> HttpResponse:
         logger.error(
             "Session store unavailable, answering 503 to %s %s: %s",
             request.method,
@@ -82,9 +76,7 @@ class SessionMiddleware(DjangoSessionMiddleware):
         patch_vary_headers(response, ("Cookie",))
         return response
 
-    def _refresh_touched_cookie(
-        self, request: HttpRequest, response: HttpResponseBase
-    ) -> None:
+    def _refresh_touched_cookie(self, request: HttpRequest, response: HttpResponse) -> None:
         session = request.session
         age = getattr(session, "touched_expiry_age", None)
         name = settings.SESSION_COOKIE_NAME
@@ -103,8 +95,8 @@ class SessionMiddleware(DjangoSessionMiddleware):
             expires=http_date(time.time() + age),
             domain=settings.SESSION_COOKIE_DOMAIN,
             path=settings.SESSION_COOKIE_PATH,
-            secure=settings.SESSION_COOKIE_SECURE or None,
-            httponly=settings.SESSION_COOKIE_HTTPONLY or None,
+            secure=settings.SESSION_COOKIE_SECURE,
+            httponly=settings.SESSION_COOKIE_HTTPONLY,
             samesite=settings.SESSION_COOKIE_SAMESITE,
         )
         patch_vary_headers(response, ("Cookie",))

@@ -7,6 +7,7 @@ Each engine's test module subclasses :class:`SessionContract` and names its
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.contrib.sessions.backends.base import CreateError, UpdateError
@@ -16,7 +17,7 @@ from elastic_sessions.keys import storage_id
 
 
 class SessionContract:
-    SessionStore: type
+    SessionStore: Any
 
     @pytest.fixture(autouse=True)
     def _store(self):
@@ -72,8 +73,18 @@ class SessionContract:
     # -- save and load ------------------------------------------------------
     def test_save_and_load_round_trip(self):
         """Saved data of every JSON type comes back equal under the same key."""
-        data = {"int": 1, "float": 1.5, "str": "héllo\x00", "list": [1, "x"], "dict": {"k": None},
-                "bool": True, "none": None, "long": "y" * 500, "": "empty key", "\x00k": 1}  # fmt: skip
+        data = {
+            "int": 1,
+            "float": 1.5,
+            "str": "héllo\x00",
+            "list": [1, "x"],
+            "dict": {"k": None},
+            "bool": True,
+            "none": None,
+            "long": "y" * 500,
+            "": "empty key",
+            "\x00k": 1,
+        }
         self.session.update(data)
         self.session.save()
         loaded = self.reload()
@@ -321,7 +332,8 @@ class SessionContract:
         raise NotImplementedError
 
 
-def redis_key_of(session_key: str) -> str:
+def redis_key_of(session_key: str | None) -> str:
+    assert session_key is not None
     from elastic_sessions.keys import session_redis_key
 
     return session_redis_key(storage_id(session_key))

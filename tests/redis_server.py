@@ -85,7 +85,14 @@ class RedisServer:
             "--enable-debug-command", "local",
         ]  # fmt: skip
         if self.unix_socket is not None:
-            args += ["--port", "0", "--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
+            args += [
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.unix_socket),
+                "--unixsocketperm",
+                "700",
+            ]
         elif self.tls:
             args += [
                 "--port", "0",
@@ -147,4 +154,4 @@ class RedisServer:
         """An admin client that bypasses the package (for inspecting what it stored)."""
         if self.tls:
             kwargs.setdefault("ssl_ca_certs", str(self.tls["ca"]))
-        return redis.Redis.from_url(self.url, **kwargs)  # type: ignore[arg-type]
+        return redis.Redis.from_url(self.url, **kwargs)

@@ -24,7 +24,7 @@ def test_list_sessions_marks_current_first():
     first, second = signed_in(), signed_in()
     signed_in("7")
     infos = api.list_sessions("42", current_session_key=second.session_key)
-    assert [info.storage_id for info in infos][0] == storage_id(second.session_key)
+    assert infos[0].storage_id == storage_id(second.session_key)
     assert {info.storage_id for info in infos} == {
         storage_id(first.session_key),
         storage_id(second.session_key),

@@ -65,8 +65,7 @@ def test_tls_with_unknown_ca_is_refused(tls_server, use_server):
 def acl_server(redis_factory, tmp_path):
     acl = tmp_path / "users.acl"
     acl.write_text(
-        "user default off\n"
-        "user sessions on >s3cret ~es:* resetchannels +@all -@dangerous +info\n"
+        "user default off\nuser sessions on >s3cret ~es:* resetchannels +@all -@dangerous +info\n"
     )
     return redis_factory(acl_file=acl)
 
@@ -80,14 +79,16 @@ async def test_acl_user_from_settings(acl_server, use_server):
 
 def test_acl_user_in_url(acl_server, settings):
     """The ACL user and password may also come from the URL."""
-    settings.ELASTIC_SESSIONS = {"REDIS_URL": f"redis://sessions:s3cret@127.0.0.1:{acl_server.port}/0"}
+    settings.ELASTIC_SESSIONS = {
+        "REDIS_URL": f"redis://sessions:s3cret@127.0.0.1:{acl_server.port}/0"
+    }
     assert round_trip() == "ok"
 
 
 def test_acl_wrong_password_is_a_clear_error(acl_server, use_server):
     """A wrong password fails with SessionStoreUnavailable that says authentication failed."""
     use_server(acl_server, USERNAME="sessions", PASSWORD="wrong")
-    with pytest.raises(SessionStoreUnavailable, match="(?i)auth|password"):
+    with pytest.raises(SessionStoreUnavailable, match=r"(?i)auth|password"):
         round_trip()
 
 

@@ -45,7 +45,9 @@ def test_killed_redis_gives_503_and_keeps_the_cookie(durable_redis, caplog):
     with caplog.at_level(logging.ERROR, logger="elastic_sessions"):
         assert_unavailable(client.get("/get/color/"))
         assert_unavailable(client.get("/set/color/red/"))
-    messages = [rec.getMessage() for rec in caplog.records if rec.name.startswith("elastic_sessions")]
+    messages = [
+        rec.getMessage() for rec in caplog.records if rec.name.startswith("elastic_sessions")
+    ]
     assert any("Session store unavailable" in message for message in messages)
     assert client.cookies[COOKIE].value == cookie
     durable_redis.start()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.apps import apps
 from django.conf import settings
@@ -84,6 +84,14 @@ class ElasticSessionBase(SessionBase):
     """Django's ``SessionBase`` over a :class:`RedisSessionStorage`-like storage."""
 
     storage: ClassVar[RedisSessionStorage]
+
+    if TYPE_CHECKING:  # Django's private helpers, which django-stubs does not declare
+        _session: dict[str, Any]
+        _session_cache: dict[str, Any]
+
+        def _get_session(self, no_load: bool = False) -> dict[str, Any]: ...
+
+        async def _aget_session(self, no_load: bool = False) -> dict[str, Any]: ...
 
     def __init__(self, session_key: str | None = None) -> None:
         super().__init__(session_key)

@@ -161,14 +161,16 @@ class RedisSessionStorage:
             return bool(await get_async_client().exists(session_redis_key(sid)))
 
     # -- per-user index -----------------------------------------------------
-    def update_index(self, user_id: str, add: StorageId | None, deadline: int,
-                     remove: Sequence[StorageId] = ()) -> int:
+    def update_index(
+        self, user_id: str, add: StorageId | None, deadline: int, remove: Sequence[StorageId] = ()
+    ) -> int:
         with translate_outages("update a user's session index"):
             reply = run_pipeline(get_client(), [_index_call(user_id, add, deadline, remove)])
         return int(reply[0])
 
-    async def aupdate_index(self, user_id: str, add: StorageId | None, deadline: int,
-                            remove: Sequence[StorageId] = ()) -> int:
+    async def aupdate_index(
+        self, user_id: str, add: StorageId | None, deadline: int, remove: Sequence[StorageId] = ()
+    ) -> int:
         with translate_outages("update a user's session index"):
             reply = await arun_pipeline(
                 get_async_client(), [_index_call(user_id, add, deadline, remove)]
@@ -196,9 +198,7 @@ class RedisSessionStorage:
         client = get_async_client()
         with translate_outages("list a user's sessions"):
             sids = _decode_ids(
-                await client.zrangebyscore(
-                    user_index_redis_key(user_id), int(time.time()), "+inf"
-                )
+                await client.zrangebyscore(user_index_redis_key(user_id), int(time.time()), "+inf")
             )
             if not sids:
                 return []
@@ -267,7 +267,7 @@ def _parse_delete(reply: Any) -> DeleteResult:
     return DeleteResult(bool(deleted), field_name or None, value or None)
 
 
-def _decode_ids(raw: list[bytes]) -> list[StorageId]:
+def _decode_ids(raw: Sequence[Any]) -> list[StorageId]:
     return [StorageId(item.decode("ascii")) for item in raw]
 
 

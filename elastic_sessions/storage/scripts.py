@@ -199,10 +199,10 @@ class LuaScript:
         self, client: redis.asyncio.Redis, keys: Sequence[str], args: Sequence[Any]
     ) -> Any:
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 ScriptCall = tuple[LuaScript, Sequence[str], Sequence[Any]]
@@ -218,7 +218,9 @@ def run_pipeline(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         results = pipe.execute(raise_on_error=False)
-        missing = [call for call, res in zip(calls, results, strict=True) if isinstance(res, NoScriptError)]
+        missing = [
+            call for call, res in zip(calls, results, strict=True) if isinstance(res, NoScriptError)
+        ]
         if not missing or attempt:
             break
         # Every script here is idempotent for a retry: load and run again.
@@ -236,7 +238,9 @@ async def arun_pipeline(client: redis.asyncio.Redis, calls: Sequence[ScriptCall]
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         results = await pipe.execute(raise_on_error=False)
-        missing = [call for call, res in zip(calls, results, strict=True) if isinstance(res, NoScriptError)]
+        missing = [
+            call for call, res in zip(calls, results, strict=True) if isinstance(res, NoScriptError)
+        ]
         if not missing or attempt:
             break
         for script, _, _ in missing:
