@@ -141,11 +141,8 @@ def revoke_user_sessions(user: Any, *, keep_session_key: str | None = None) -> i
     storage, user_id = _storage(), user_id_of(user)
     keep = _current_sid(keep_session_key)
     owner = _owner_field(user_id)
-    ended = [
-        summary.storage_id
-        for summary in storage.user_sessions(user_id)
-        if summary.storage_id != keep and storage.delete_if_owned(summary.storage_id, owner)
-    ]
+    candidates = [s.storage_id for s in storage.user_sessions(user_id) if s.storage_id != keep]
+    ended = storage.delete_all_if_owned(candidates, owner)
     if ended:
         storage.update_index(user_id, None, 0, ended)
         session_revoked.send(revoke_user_sessions, user_id=user_id, storage_ids=ended)
@@ -156,11 +153,9 @@ async def arevoke_user_sessions(user: Any, *, keep_session_key: str | None = Non
     storage, user_id = _storage(), user_id_of(user)
     keep = _current_sid(keep_session_key)
     owner = _owner_field(user_id)
-    ended = [
-        summary.storage_id
-        for summary in await storage.auser_sessions(user_id)
-        if summary.storage_id != keep and await storage.adelete_if_owned(summary.storage_id, owner)
-    ]
+    summaries = await storage.auser_sessions(user_id)
+    candidates = [s.storage_id for s in summaries if s.storage_id != keep]
+    ended = await storage.adelete_all_if_owned(candidates, owner)
     if ended:
         await storage.aupdate_index(user_id, None, 0, ended)
         await session_revoked.asend(revoke_user_sessions, user_id=user_id, storage_ids=ended)

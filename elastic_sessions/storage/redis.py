@@ -151,6 +151,25 @@ class RedisSessionStorage:
                 )
             )
 
+    def delete_all_if_owned(
+        self, sids: Sequence[StorageId], owner: tuple[bytes, bytes]
+    ) -> list[StorageId]:
+        """Revoke many sessions of one owner in one round trip; returns those ended."""
+        if not sids:
+            return []
+        with translate_outages("revoke sessions"):
+            replies = run_pipeline(get_client(), _owned_delete_calls(sids, owner))
+        return [sid for sid, deleted in zip(sids, replies, strict=True) if deleted]
+
+    async def adelete_all_if_owned(
+        self, sids: Sequence[StorageId], owner: tuple[bytes, bytes]
+    ) -> list[StorageId]:
+        if not sids:
+            return []
+        with translate_outages("revoke sessions"):
+            replies = await arun_pipeline(get_async_client(), _owned_delete_calls(sids, owner))
+        return [sid for sid, deleted in zip(sids, replies, strict=True) if deleted]
+
     # -- exists -------------------------------------------------------------
     def exists(self, sid: StorageId) -> bool:
         with translate_outages("check a session"):
@@ -224,6 +243,10 @@ def _index_call(
         [user_index_redis_key(user_id)],
         [add or "", deadline, *remove],
     )
+
+
+def _owned_delete_calls(sids: Sequence[StorageId], owner: tuple[bytes, bytes]) -> list[ScriptCall]:
+    return [(delete_if_owned_script, [session_redis_key(sid)], owner) for sid in sids]
 
 
 def _write_calls(sid: StorageId, plan: WritePlan) -> list[ScriptCall]:
