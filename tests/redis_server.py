@@ -134,6 +134,11 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
+        self._forget_process()
+
+    def _forget_process(self) -> None:
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
         self.process = None
 
     def stop(self) -> None:
@@ -144,7 +149,7 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-        self.process = None
+        self._forget_process()
 
     def restart(self) -> RedisServer:
         self.stop()
