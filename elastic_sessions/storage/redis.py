@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import META_FIELD, SessionMeta
+from ..conf import elastic_settings
 from ..connection import get_async_client, get_client, translate_outages
 from ..exceptions import CorruptSessionData
 from ..keys import StorageId, session_redis_key, user_index_redis_key
@@ -228,6 +229,35 @@ class RedisSessionStorage:
             if stale:
                 await arun_pipeline(client, [_index_call(user_id, None, 0, stale)])
         return summaries
+
+
+@dataclass
+class PruneReport:
+    indexes: int = 0
+    stale_entries: int = 0
+
+
+def prune_user_indexes(*, batch_size: int, dry_run: bool) -> PruneReport:
+    """SCAN every user index and drop entries whose session is gone.
+
+    Expired-by-deadline entries go too (the index script prunes them on each
+    update); an index left empty is deleted.
+    """
+    client = get_client()
+    report = PruneReport()
+    pattern = f"{elastic_settings.KEY_PREFIX}:u:{{*}}"
+    with translate_outages("scan the user indexes"):
+        for index_key in client.scan_iter(match=pattern, count=batch_size, _type="zset"):
+            report.indexes += 1
+            sids = _decode_ids(client.zrange(index_key, 0, -1))
+            pipe = client.pipeline(transaction=False)
+            for sid in sids:
+                pipe.exists(session_redis_key(sid))
+            stale = [sid for sid, alive in zip(sids, pipe.execute(), strict=True) if not alive]
+            report.stale_entries += len(stale)
+            if not dry_run:
+                index_update_script(client, [index_key], ["", 0, *stale])
+    return report
 
 
 def estimated_deadline(absolute_timeout: int) -> int:
