@@ -17,7 +17,7 @@ from django.contrib.auth import SESSION_KEY as USER_ID_KEY
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .codec import Codec
+from .codec import codec_for
 from .keys import StorageId, is_valid_session_key, is_valid_storage_id, storage_id
 from .signals import session_revoked
 from .storage.redis import RedisSessionStorage, SessionSummary
@@ -65,7 +65,7 @@ def user_id_of(user: Any) -> str:
 
 
 def _owner_field(user_id: str) -> tuple[bytes, bytes]:
-    codec = Codec(import_string(settings.SESSION_SERIALIZER))
+    codec = codec_for(import_string(settings.SESSION_SERIALIZER))
     return codec.encode_item(USER_ID_KEY, user_id)
 
 

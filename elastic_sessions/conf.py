@@ -1,16 +1,19 @@
 """The ``ELASTIC_SESSIONS`` settings: defaults, lazy reads, one parsed view.
 
-Reads happen at attribute access, so ``override_settings`` works in tests.
+Each setting is parsed on first use and kept: the engines read several per
+request.  ``setting_changed`` (``override_settings`` in tests) clears them.
 Validation lives in :mod:`elastic_sessions.checks`; this module only trusts what
 it narrows itself and raises ``ImproperlyConfigured`` for what it cannot use.
 """
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, object] = {
     # Where sessions live.  Ignored when CACHE_ALIAS is set.
@@ -44,6 +47,9 @@ DEFAULTS: dict[str, object] = {
     "TOUCH_INTERVAL": 60,
     # Seconds a client is told to wait by the 503 sent while Redis is down.
     "RETRY_AFTER": 5,
+    # Serialized values of this many bytes or more are stored zlib-compressed
+    # (when that saves an eighth or more).  0 turns compression off.
+    "COMPRESS_MIN_BYTES": 256,
 }
 
 # Keys that earlier designs used; reported by the checks with their replacement.
@@ -89,55 +95,55 @@ class Settings:
             raise ImproperlyConfigured(f"ELASTIC_SESSIONS[{name!r}] must be a whole number.")
         return int(value)
 
-    @property
+    @cached_property
     def REDIS_URL(self) -> str:
         return self._optional_str("REDIS_URL") or str(DEFAULTS["REDIS_URL"])
 
-    @property
+    @cached_property
     def CACHE_ALIAS(self) -> str | None:
         return self._optional_str("CACHE_ALIAS")
 
-    @property
+    @cached_property
     def USERNAME(self) -> str | None:
         return self._optional_str("USERNAME")
 
-    @property
+    @cached_property
     def PASSWORD(self) -> str | None:
         return self._optional_str("PASSWORD")
 
-    @property
+    @cached_property
     def SOCKET_TIMEOUT(self) -> float:
         return self._number("SOCKET_TIMEOUT")
 
-    @property
+    @cached_property
     def SOCKET_CONNECT_TIMEOUT(self) -> float:
         return self._number("SOCKET_CONNECT_TIMEOUT")
 
-    @property
+    @cached_property
     def RETRIES(self) -> int:
         return self._int("RETRIES", allow_zero=True)
 
-    @property
+    @cached_property
     def MAX_CONNECTIONS(self) -> int:
         return self._int("MAX_CONNECTIONS")
 
-    @property
+    @cached_property
     def HEALTH_CHECK_INTERVAL(self) -> int:
         return self._int("HEALTH_CHECK_INTERVAL", allow_zero=True)
 
-    @property
+    @cached_property
     def SSL_CA_CERTS(self) -> str | None:
         return self._optional_str("SSL_CA_CERTS")
 
-    @property
+    @cached_property
     def SSL_CERTFILE(self) -> str | None:
         return self._optional_str("SSL_CERTFILE")
 
-    @property
+    @cached_property
     def SSL_KEYFILE(self) -> str | None:
         return self._optional_str("SSL_KEYFILE")
 
-    @property
+    @cached_property
     def SSL_CERT_REQS(self) -> str:
         value = self._optional_str("SSL_CERT_REQS") or "required"
         if value not in {"required", "optional", "none"}:
@@ -146,30 +152,43 @@ class Settings:
             )
         return value
 
-    @property
+    @cached_property
     def SSL_CHECK_HOSTNAME(self) -> bool:
-        return bool(self._get("SSL_CHECK_HOSTNAME"))
+        value = self._get("SSL_CHECK_HOSTNAME")
+        if not isinstance(value, bool):
+            raise ImproperlyConfigured(
+                "ELASTIC_SESSIONS['SSL_CHECK_HOSTNAME'] must be True or False."
+            )
+        return value
 
-    @property
+    @cached_property
     def KEY_PREFIX(self) -> str:
         return self._optional_str("KEY_PREFIX") or str(DEFAULTS["KEY_PREFIX"])
 
-    @property
+    @cached_property
     def STORAGE_ID_SECRET(self) -> str:
         secret = self._optional_str("STORAGE_ID_SECRET")
         return secret if secret else str(django_settings.SECRET_KEY)
 
-    @property
+    @cached_property
     def ABSOLUTE_TIMEOUT(self) -> int:
         return self._int("ABSOLUTE_TIMEOUT")
 
-    @property
+    @cached_property
     def TOUCH_INTERVAL(self) -> int:
         return self._int("TOUCH_INTERVAL", allow_zero=True)
 
-    @property
+    @cached_property
     def RETRY_AFTER(self) -> int:
         return self._int("RETRY_AFTER")
+
+    @cached_property
+    def COMPRESS_MIN_BYTES(self) -> int:
+        return self._int("COMPRESS_MIN_BYTES", allow_zero=True)
+
+    def clear_cache(self) -> None:
+        """Forget every parsed setting (the next read parses again)."""
+        self.__dict__.clear()
 
     def as_dict(self) -> dict[str, Any]:
         """Every setting as the engines see it (secrets included: never log this)."""
@@ -177,3 +196,11 @@ class Settings:
 
 
 elastic_settings = Settings()
+
+
+def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
+    if setting in {"ELASTIC_SESSIONS", "SECRET_KEY"}:
+        elastic_settings.clear_cache()
+
+
+setting_changed.connect(_on_setting_changed)

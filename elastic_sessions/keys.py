@@ -47,7 +47,7 @@ def _derived_key(secret: str, purpose: str) -> bytes:
 
 def _keyed_hash(purpose: str, value: str) -> str:
     key = _derived_key(elastic_settings.STORAGE_ID_SECRET, purpose)
-    digest = hmac.new(key, value.encode(), hashlib.sha256).digest()[:16]
+    digest = hmac.digest(key, value.encode(), "sha256")[:16]
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 

@@ -1,17 +1,18 @@
 """What every elastic engine shares: change tracking, expiry policy, the contract.
 
 The engine keeps, per instance, the fields exactly as they were stored.  A save
-encodes the session again and sends only the fields whose bytes differ, plus
-deletes for keys that are gone; so two requests that change different keys of one
-session both keep their change, and an in-place mutation is caught as soon as the
-session is saved.
+encodes again every value that was read or set (a value never read cannot have
+changed) and sends only the fields whose bytes differ, plus deletes for keys that
+are gone; so two requests that change different keys of one session both keep
+their change, and an in-place mutation is caught as soon as the session is saved.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.apps import apps
@@ -24,12 +25,13 @@ from django.contrib.sessions.backends.base import (
     UpdateError,
 )
 from django.core.exceptions import ImproperlyConfigured
-from django.utils.crypto import get_random_string
+from django.utils import timezone
 
-from ..codec import Codec, SessionMeta, field_variants, key_of_field
+from ..codec import Encoded, SessionMeta, codec_for, field_variants, key_of_field
 from ..conf import elastic_settings
 from ..exceptions import CorruptSessionData, SessionStoreUnavailable
 from ..keys import SESSION_KEY_LENGTH, StorageId, is_valid_session_key, storage_id
+from ..session_data import SessionData, session_data_from_fields
 from ..signals import session_created, session_rotated
 from ..storage.redis import (
     IndexChange,
@@ -45,6 +47,22 @@ logger = logging.getLogger(__name__)
 # A 32-character key from 36 symbols collides about never; the bound only stops
 # a broken store from looping forever.
 _CREATE_ATTEMPTS = 100
+
+# Random bytes to key characters: 252 = 7 * 36, so bytes below it map uniformly
+# and the four above are dropped (Django's get_random_string costs 40x more).
+_BYTE_TO_KEY_CHAR = bytes(ord(VALID_KEY_CHARS[byte % 36]) for byte in range(256))
+_UNEVEN_BYTES = bytes(range(252, 256))
+assert len(VALID_KEY_CHARS) == 36
+
+
+def new_session_key() -> str:
+    """32 characters from ``[a-z0-9]``, from the OS's secure random source."""
+    while True:
+        chars = secrets.token_bytes(SESSION_KEY_LENGTH + 8).translate(
+            _BYTE_TO_KEY_CHAR, _UNEVEN_BYTES
+        )
+        if len(chars) >= SESSION_KEY_LENGTH:
+            return chars[:SESSION_KEY_LENGTH].decode("ascii")
 
 
 def require_app_installed() -> None:
@@ -95,7 +113,8 @@ class ElasticSessionBase(SessionBase):
 
     def __init__(self, session_key: str | None = None) -> None:
         super().__init__(session_key)
-        self._codec = Codec(self.serializer)
+        self._codec = codec_for(self.serializer)
+        self._sid_cache: tuple[str, StorageId] | None = None
         self._stored_fields: dict[bytes, bytes] = {}
         self._meta: SessionMeta | None = None
         self._touched_ttl: int | None = None
@@ -109,7 +128,7 @@ class ElasticSessionBase(SessionBase):
 
     def _get_new_session_key(self) -> str:
         # No EXISTS round trip: creation is atomic and retries on a collision.
-        return get_random_string(SESSION_KEY_LENGTH, VALID_KEY_CHARS)
+        return new_session_key()
 
     async def _aget_new_session_key(self) -> str:
         return self._get_new_session_key()
@@ -117,7 +136,13 @@ class ElasticSessionBase(SessionBase):
     @property
     def storage_id(self) -> StorageId | None:
         """The id this session is stored under, or None before it has a key."""
-        return storage_id(self.session_key) if self.session_key else None
+        key = self.session_key
+        if not key:
+            return None
+        cached = self._sid_cache
+        if cached is None or cached[0] != key:
+            cached = self._sid_cache = (key, storage_id(key))
+        return cached[1]
 
     @property
     def store_unavailable(self) -> SessionStoreUnavailable | None:
@@ -140,9 +165,10 @@ class ElasticSessionBase(SessionBase):
     def load(self) -> dict[str, Any]:
         if self._store_error is not None:
             raise self._store_error
-        assert self.session_key is not None  # _get_session only loads with a key
+        sid = self.storage_id
+        assert sid is not None  # _get_session only loads with a key
         try:
-            stored = self.storage.load(storage_id(self.session_key), self._touch_interval_ms())
+            stored = self.storage.load(sid, self._touch_interval_ms())
         except SessionStoreUnavailable as err:
             raise self._unavailable(err) from err.__cause__
         except CorruptSessionData as err:
@@ -152,11 +178,10 @@ class ElasticSessionBase(SessionBase):
     async def aload(self) -> dict[str, Any]:
         if self._store_error is not None:
             raise self._store_error
-        assert self.session_key is not None
+        sid = self.storage_id
+        assert sid is not None
         try:
-            stored = await self.storage.aload(
-                storage_id(self.session_key), self._touch_interval_ms()
-            )
+            stored = await self.storage.aload(sid, self._touch_interval_ms())
         except SessionStoreUnavailable as err:
             raise self._unavailable(err) from err.__cause__
         except CorruptSessionData as err:
@@ -169,12 +194,14 @@ class ElasticSessionBase(SessionBase):
             self._session_key = None
             return {}
         try:
-            data, fields, meta = self._codec.decode_fields(stored.fields)
+            data, meta = session_data_from_fields(stored.fields, self._codec, str(self.storage_id))
         except CorruptSessionData as err:
             return self._discard_corrupt(err)
-        self._stored_fields = fields
+        # session_data_from_fields took the metadata field out: what is left is
+        # exactly the data fields as stored.
+        self._stored_fields = stored.fields
         self._meta = meta
-        self._touched_ttl = stored.ttl_ms // 1000 if stored.touched else None
+        self._touched_ttl = stored.touched_ttl_ms // 1000 if stored.touched_ttl_ms >= 0 else None
         return data
 
     def _discard_corrupt(self, err: CorruptSessionData) -> dict[str, Any]:
@@ -206,6 +233,17 @@ class ElasticSessionBase(SessionBase):
         left = self._deadline_left()
         return age if left is None else min(age, left)
 
+    def get_expiry_date(self, **kwargs: Any) -> datetime:
+        """Django's date, never past the absolute deadline of this session."""
+        return self._cap_date(super().get_expiry_date(**kwargs))
+
+    async def aget_expiry_date(self, **kwargs: Any) -> datetime:
+        return self._cap_date(await super().aget_expiry_date(**kwargs))
+
+    def _cap_date(self, date: datetime) -> datetime:
+        left = self._deadline_left()
+        return date if left is None else min(date, timezone.now() + timedelta(seconds=left))
+
     # -- save ---------------------------------------------------------------
     def _owner(self, fields: dict[bytes, bytes]) -> str | None:
         for name in field_variants(USER_ID_KEY):
@@ -214,22 +252,37 @@ class ElasticSessionBase(SessionBase):
                 return str(value)
         return None
 
+    def _changed_fields(
+        self, data: dict[str, Any], before: dict[bytes, bytes]
+    ) -> dict[bytes, bytes]:
+        encode = self._codec.encode_item
+        sets: dict[bytes, bytes] = {}
+        for key, value in dict.items(data):
+            if type(value) is Encoded:  # never read, so unchanged: reuse the bytes
+                name, raw = value.field, value.raw
+            else:
+                name, raw = encode(key, value)
+            if before.get(name) != raw:
+                sets[name] = raw
+        return sets
+
     def _plan(self, data: dict[str, Any], must_create: bool) -> WritePlan | None:
         """The write that brings the store to ``data``; None when nothing changed."""
         idle, fixed = expiry_policy(data.get("_session_expiry"), self.get_session_cookie_age())
-        current = self._codec.encode_session(data)
         before = {} if must_create else self._stored_fields
-        sets = {name: value for name, value in current.items() if before.get(name) != value}
-        gone = {key_of_field(name) for name in before.keys() - current.keys()}
+        sets = self._changed_fields(data, before)
+        gone = {key for key in map(key_of_field, before) if key not in data}
         deletes = [variant for key in sorted(gone) for variant in field_variants(key)]
-        old_owner, new_owner = self._owner(before), self._owner(current)
         if not (must_create or sets or deletes):
             return None
+        old_owner = self._owner(before)
+        new_user = data.get(USER_ID_KEY)
+        new_owner = None if new_user is None else str(new_user)
         index = None
         if old_owner != new_owner:
             deadline = (
                 self._meta.deadline
-                if self._meta is not None and not must_create
+                if self._meta is not None
                 else estimated_deadline(elastic_settings.ABSOLUTE_TIMEOUT)
             )
             index = IndexChange(add_user=new_owner, remove_user=old_owner, deadline=deadline)
@@ -241,6 +294,8 @@ class ElasticSessionBase(SessionBase):
             sets=sets,
             deletes=deletes,
             index=index,
+            # cycle_key creates from a loaded session: keep its created/deadline.
+            inherited_meta=self._meta if must_create else None,
         )
 
     def _apply_write(self, plan: WritePlan, result: WriteResult) -> None:
@@ -264,11 +319,22 @@ class ElasticSessionBase(SessionBase):
         idle, fixed = expiry_policy(data.get("_session_expiry"), self.get_session_cookie_age())
         return is_expired(idle, fixed, time.time())
 
+    def _drop_if_corrupt(self, data: dict[str, Any]) -> None:
+        # A large value found undecodable after the load emptied the session:
+        # like a failed load, the data goes on under a new key.
+        if isinstance(data, SessionData) and data.corruption is not None:
+            data.corruption = None
+            self._session_key = None
+            self._stored_fields, self._meta = {}, None
+
     def save(self, must_create: bool = False) -> None:
+        if self.session_key is not None:
+            self._drop_if_corrupt(self._get_session(no_load=must_create))
         if self.session_key is None:
             return self.create()
         data = self._get_session(no_load=must_create)
-        sid = storage_id(self.session_key)
+        sid = self.storage_id
+        assert sid is not None
         if self._expires_now(data):
             # Django's contract: a non-positive expiry age ends the session.
             return None if must_create else self._delete_sid(sid)
@@ -283,10 +349,13 @@ class ElasticSessionBase(SessionBase):
         return None
 
     async def asave(self, must_create: bool = False) -> None:
+        if self.session_key is not None:
+            self._drop_if_corrupt(await self._aget_session(no_load=must_create))
         if self.session_key is None:
             return await self.acreate()
         data = await self._aget_session(no_load=must_create)
-        sid = storage_id(self.session_key)
+        sid = self.storage_id
+        assert sid is not None
         if self._expires_now(data):
             return None if must_create else await self._adelete_sid(sid)
         plan = self._plan(data, must_create)
@@ -351,7 +420,14 @@ class ElasticSessionBase(SessionBase):
         if sid is not None:
             await self._adelete_sid(sid)
 
+    def _forget_if_own(self, sid: StorageId) -> None:
+        # After deleting its own session (flush, logout) the next save creates a
+        # new one: it must not inherit the old creation time and deadline.
+        if sid == self.storage_id:
+            self._stored_fields, self._meta = {}, None
+
     def _delete_sid(self, sid: StorageId) -> None:
+        self._forget_if_own(sid)
         try:
             result = self.storage.delete(sid)
             owner = self._owner_of(result.owner_field, result.owner_value)
@@ -361,6 +437,7 @@ class ElasticSessionBase(SessionBase):
             raise self._unavailable(err) from err.__cause__
 
     async def _adelete_sid(self, sid: StorageId) -> None:
+        self._forget_if_own(sid)
         try:
             result = await self.storage.adelete(sid)
             owner = self._owner_of(result.owner_field, result.owner_value)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from ..codec import META_FIELD, SessionMeta
 from ..conf import elastic_settings
@@ -19,14 +21,17 @@ from ..connection import get_async_client, get_client, translate_outages
 from ..exceptions import CorruptSessionData
 from ..keys import StorageId, session_redis_key, user_index_redis_key
 from .scripts import (
+    Call,
     ScriptCall,
+    arun_calls,
     arun_pipeline,
     delete_if_owned_script,
     delete_script,
     index_update_script,
-    load_script,
+    run_calls,
     run_pipeline,
     save_script,
+    touch_script,
 )
 
 # Index scores are deadlines; when a write cannot know the server-side deadline
@@ -36,11 +41,10 @@ _DEADLINE_SKEW_MARGIN = 60
 
 @dataclass(frozen=True, slots=True)
 class StoredSession:
-    """A session as read from the store."""
+    """A session as read from the store; ``touched_ttl_ms`` is -1 if not slid."""
 
     fields: dict[bytes, bytes]
-    ttl_ms: int
-    touched: bool
+    touched_ttl_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,9 @@ class WritePlan:
     sets: dict[bytes, bytes]
     deletes: list[bytes]
     index: IndexChange | None = None
+    # On create: the metadata of the session this one replaces (cycle_key), so
+    # the creation time and the absolute deadline carry over.
+    inherited_meta: SessionMeta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,20 +100,17 @@ class SessionSummary:
 class RedisSessionStorage:
     """The Redis layout; the engines hold one and call it with storage ids."""
 
-    owner_fields: tuple[bytes, bytes] = field(default=(b"", b""))
+    owner_fields: tuple[bytes, ...] = ()
 
     # -- load ---------------------------------------------------------------
     def load(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None:
         with translate_outages("load a session"):
-            reply = load_script(get_client(), [session_redis_key(sid)], [touch_interval_ms])
-        return _parse_load(reply)
+            return _parse_load(run_calls(get_client(), _load_calls(sid, touch_interval_ms)))
 
     async def aload(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None:
         with translate_outages("load a session"):
-            reply = await load_script.acall(
-                get_async_client(), [session_redis_key(sid)], [touch_interval_ms]
-            )
-        return _parse_load(reply)
+            replies = await arun_calls(get_async_client(), _load_calls(sid, touch_interval_ms))
+            return _parse_load(replies)
 
     # -- write --------------------------------------------------------------
     def write(self, sid: StorageId, plan: WritePlan) -> WriteResult:
@@ -285,6 +289,7 @@ def _write_calls(sid: StorageId, plan: WritePlan) -> list[ScriptCall]:
         plan.idle,
         plan.absolute,
         plan.fixed_expiry,
+        plan.inherited_meta.encode() if plan.inherited_meta is not None else b"",
         len(plan.sets),
     ]
     for name, value in plan.sets.items():
@@ -300,14 +305,30 @@ def _write_calls(sid: StorageId, plan: WritePlan) -> list[ScriptCall]:
     return calls
 
 
-def _parse_load(reply: Any) -> StoredSession | None:
-    if reply is None:
+def _load_calls(sid: StorageId, touch_interval_ms: int) -> list[Call]:
+    # HGETALL itself, not a script that returns the fields: copying a large hash
+    # through Lua costs many times the command.  The touch rides in the same
+    # round trip; it only needs the metadata field.
+    key = session_redis_key(sid)
+    return [("HGETALL", key), (touch_script, [key], [touch_interval_ms])]
+
+
+def _parse_load(replies: list[Any]) -> StoredSession | None:
+    flat, touched = replies
+    if isinstance(flat, ResponseError):
+        if str(flat).startswith("WRONGTYPE"):
+            raise CorruptSessionData("the session key holds a value that is not a hash")
+        raise flat
+    if isinstance(touched, Exception):
+        raise touched
+    if not flat:
         return None
-    if reply == [-1]:
-        raise CorruptSessionData("the session key holds a value that is not a hash")
-    ttl_ms, touched, *flat = reply
-    fields = dict(zip(flat[::2], flat[1::2], strict=True))
-    return StoredSession(fields=fields, ttl_ms=int(ttl_ms), touched=bool(touched))
+    if isinstance(flat, dict):  # RESP3 (redis-py's default since 8.0): a map
+        fields = flat
+    else:  # RESP2: a flat list of field, value, field, value...
+        iterator = iter(flat)
+        fields = dict(zip(iterator, iterator, strict=False))
+    return StoredSession(fields=fields, touched_ttl_ms=int(touched))
 
 
 def _parse_write(reply: Any) -> WriteResult:

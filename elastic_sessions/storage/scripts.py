@@ -13,6 +13,8 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
+from .wire import Command, aexecute, execute, first_error
+
 # Redis' Lua caps unpack() near 8000 values; write in slices well below it.
 _CHUNKED_CALL = """
 local function call_chunked(command, key, list, first, last)
@@ -24,38 +26,46 @@ local function call_chunked(command, key, list, first, last)
 end
 """
 
-# Load a session and slide its idle expiry, in one round trip.
-# KEYS[1]: the session hash
-# ARGV[1]: touch interval, ms: extend the TTL only when it would grow by more
-# Returns: nil if the key is missing; {-1} if it is not a hash;
-#          else {pttl_ms, touched (0|1), field1, value1, field2, value2, ...}
-# allow-oom: reads and TTL updates must keep working when Redis is full.
-LOAD = """#!lua flags=allow-oom
-local key = KEYS[1]
-local kind = redis.call('TYPE', key)['ok']
-if kind == 'none' then return nil end
-if kind ~= 'hash' then return {-1} end
-local fields = redis.call('HGETALL', key)
-local ttl = redis.call('PTTL', key)
-local touched = 0
-local meta = redis.call('HGET', key, '\\0')
-if meta then
-  local deadline, idle = string.match(meta, '^%d+,(%d+),(%d+)$')
-  if idle and tonumber(idle) > 0 then
-    local t = redis.call('TIME')
-    local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    local target = math.min(tonumber(idle) * 1000, tonumber(deadline) * 1000 - now_ms)
-    if target > 0 and target - ttl > tonumber(ARGV[1]) then
-      redis.call('PEXPIRE', key, target)
-      ttl = target
-      touched = 1
-    end
-  end
+# Metadata is 12 bytes: created, absolute deadline (epoch seconds) and idle
+# timeout (seconds; 0 for a fixed expiry), big-endian unsigned 32-bit each.
+# Binary rather than text keeps a small session in the compact listpack
+# encoding and under the size of the same data as one JSON string.
+_META = """
+local META_FORMAT = '>I4I4I4'
+local function read_meta(raw)
+  if type(raw) ~= 'string' or #raw ~= 12 then return nil end
+  local created, deadline, idle = struct.unpack(META_FORMAT, raw)
+  return created, deadline, idle
 end
-table.insert(fields, 1, touched)
-table.insert(fields, 1, ttl)
-return fields
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 """
+
+# Slide a session's idle expiry; sent in the same round trip as its HGETALL.
+# KEYS[1]: the session hash
+# ARGV[1]: touch interval, ms: extend only when the TTL would grow by more than
+#          this, or by more than half the idle timeout, whichever is smaller
+# Returns the new TTL in ms, or -1 when nothing was extended (missing key, not a
+# hash, fixed expiry, recently touched, deadline reached).
+# allow-oom: an expiry update must keep working when Redis is full.
+TOUCH = (
+    "#!lua flags=allow-oom\n"
+    + _META
+    + """
+local key = KEYS[1]
+local _, deadline, idle = read_meta(redis.pcall('HGET', key, '\\0'))
+if not idle or idle == 0 then return -1 end
+local target = math.min(idle * 1000, deadline * 1000 - now_ms())
+local throttle = math.min(tonumber(ARGV[1]), idle * 500)
+if target > 0 and target - redis.call('PTTL', key) > throttle then
+  redis.call('PEXPIRE', key, target)
+  return target
+end
+return -1
+"""
+)
 
 # Write the changed fields of a session, atomically refusing to resurrect it.
 # KEYS[1]: the session hash
@@ -63,69 +73,69 @@ return fields
 # ARGV[2]: idle timeout, seconds; 0 for a fixed expiry that never slides
 # ARGV[3]: absolute timeout, seconds (starts when the session is created)
 # ARGV[4]: fixed expiry, epoch seconds; 0 for none
-# ARGV[5]: n, the number of fields to set
-# ARGV[6 .. 5+2n]: field, value pairs to set; the key's other encoding is removed
-# ARGV[6+2n ..]: fields to remove
+# ARGV[5]: metadata to carry over on create (cycle_key keeps created and the
+#          deadline of the session it replaces), or ''
+# ARGV[6]: n, the number of fields to set
+# ARGV[7 .. 6+2n]: field, value pairs to set; the key's other encodings are removed
+# ARGV[7+2n ..]: fields to remove
 # Returns {status, meta}: status 1 written, 0 exists (create), -1 missing (update),
-#         -2 already expired, so deleted; meta is "created,deadline,idle".
+#         -2 already expired, so deleted; meta is the session's metadata.
 # No allow-oom: under maxmemory the whole write is refused before it starts, never
 # half applied.
 SAVE = (
     "#!lua\n"
     + _CHUNKED_CALL
+    + _META
     + """
 local key = KEYS[1]
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local exists = redis.call('EXISTS', key) == 1
 local old_meta = false
 if ARGV[1] == 'c' then
   if exists then return {0, ''} end
+  if ARGV[5] ~= '' then old_meta = ARGV[5] end
 else
   if not exists then return {-1, ''} end
   old_meta = redis.call('HGET', key, '\\0')
 end
-local created, deadline
-if old_meta then created, deadline = string.match(old_meta, '^(%d+),(%d+),') end
-if created then
-  created = tonumber(created)
-  deadline = tonumber(deadline)
-else
-  created = tonumber(t[1])
+local created, deadline = read_meta(old_meta)
+if not created then
+  created = math.floor(now / 1000)
   deadline = created + tonumber(ARGV[3])
 end
 local idle = tonumber(ARGV[2])
 local expires = deadline
 local fixed = tonumber(ARGV[4])
 if fixed > 0 and fixed < expires then expires = fixed end
-local ttl = expires * 1000 - now_ms
+local ttl = expires * 1000 - now
 if idle > 0 and idle * 1000 < ttl then ttl = idle * 1000 end
 if ttl <= 0 then
   redis.call('DEL', key)
   return {-2, ''}
 end
-local meta = string.format('%d,%d,%d', created, deadline, idle)
-if meta ~= old_meta then redis.call('HSET', key, '\\0', meta) end
-local n = tonumber(ARGV[5])
-local last_set = 5 + 2 * n
+local meta = struct.pack(META_FORMAT, created, deadline, idle)
+if meta ~= old_meta or not exists then redis.call('HSET', key, '\\0', meta) end
+-- A key is stored under one of four field names: \\1key (raw text), \\3key
+-- (compressed), key or \\2key (serialized; \\2 escapes names starting \\0-\\3).
+-- Setting one removes the others, so two writers never leave two versions.
+local n = tonumber(ARGV[6])
+local last_set = 6 + 2 * n
 local stale = {}
-for i = 6, last_set, 2 do
+for i = 7, last_set, 2 do
   local field = ARGV[i]
   local mark = string.byte(field, 1)
-  if mark == 1 then
-    local name = string.sub(field, 2)
-    local first = string.byte(name, 1)
-    if first and first <= 2 then stale[#stale + 1] = '\\2' .. name
-    else stale[#stale + 1] = name end
-  elseif mark == 2 then
-    stale[#stale + 1] = '\\1' .. string.sub(field, 2)
-  else
-    stale[#stale + 1] = '\\1' .. field
+  local name = field
+  if mark and mark >= 1 and mark <= 3 then name = string.sub(field, 2) end
+  local first = string.byte(name, 1)
+  local plain = name
+  if first and first <= 3 then plain = '\\2' .. name end
+  for _, variant in ipairs({'\\1' .. name, '\\3' .. name, plain}) do
+    if variant ~= field then stale[#stale + 1] = variant end
   end
 end
 for i = last_set + 1, #ARGV do stale[#stale + 1] = ARGV[i] end
 if #stale > 0 then call_chunked('HDEL', key, stale, 1, #stale) end
-if n > 0 then call_chunked('HSET', key, ARGV, 6, last_set) end
+if n > 0 then call_chunked('HSET', key, ARGV, 7, last_set) end
 redis.call('PEXPIRE', key, ttl)
 return {1, meta}
 """
@@ -133,13 +143,13 @@ return {1, meta}
 
 # Delete a session and report its owner, so the caller can fix the user index.
 # KEYS[1]: the session hash
-# ARGV[1], ARGV[2]: the two field names the owner (user id) can be stored under
+# ARGV: the field names the owner (user id) can be stored under
 # Returns {deleted (0|1), owner field, owner value} (owner parts false when absent).
 DELETE = """#!lua flags=allow-oom
 local key = KEYS[1]
 local field, value = false, false
 if redis.call('TYPE', key)['ok'] == 'hash' then
-  for i = 1, 2 do
+  for i = 1, #ARGV do
     local found = redis.call('HGET', key, ARGV[i])
     if found then field, value = ARGV[i], found end
   end
@@ -206,56 +216,65 @@ class LuaScript:
 
 
 ScriptCall = tuple[LuaScript, Sequence[str], Sequence[Any]]
+# A call is a script call or a plain command such as ("HGETALL", key).
+Call = ScriptCall | tuple[Any, ...]
 
 
-def run_pipeline(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
-    """Run several script calls in one round trip (no MULTI: keys may be in any slot)."""
-    if len(calls) == 1:
-        script, keys, args = calls[0]
-        return [script(client, keys, args)]
-    for attempt in range(2):
-        pipe = client.pipeline(transaction=False)
-        for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        results = pipe.execute(raise_on_error=False)
-        missing = [
-            call for call, res in zip(calls, results, strict=True) if isinstance(res, NoScriptError)
-        ]
-        if not missing or attempt:
-            break
-        # Every script here is idempotent for a retry: load and run again.
-        for script, _, _ in missing:
-            client.script_load(script.source)
-    return _raise_first_error(results)
+def _command(call: Call) -> Command:
+    if isinstance(call[0], LuaScript):
+        script, keys, args = call
+        return ("EVALSHA", script.sha, len(keys), *keys, *args)
+    return call
 
 
-async def arun_pipeline(client: redis.asyncio.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
-    if len(calls) == 1:
-        script, keys, args = calls[0]
-        return [await script.acall(client, keys, args)]
-    for attempt in range(2):
-        pipe = client.pipeline(transaction=False)
-        for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        results = await pipe.execute(raise_on_error=False)
-        missing = [
-            call for call, res in zip(calls, results, strict=True) if isinstance(res, NoScriptError)
-        ]
-        if not missing or attempt:
-            break
-        for script, _, _ in missing:
-            await client.script_load(script.source)
-    return _raise_first_error(results)
+def _scripts_to_reload(calls: Sequence[Call], replies: list[Any]) -> list[int]:
+    return [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
 
 
-def _raise_first_error(results: list[Any]) -> list[Any]:
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
-    return results
+def _reload_commands(calls: Sequence[Call], missing: list[int]) -> list[Command]:
+    # After a restart or SCRIPT FLUSH the cache is empty: load what is missing and
+    # run those calls again (a call refused with NOSCRIPT did nothing).
+    sources = {calls[i][0].source for i in missing}
+    return [("SCRIPT", "LOAD", source) for source in sorted(sources)] + [
+        _command(calls[i]) for i in missing
+    ]
 
 
-load_script = LuaScript(LOAD)
+def _merge_retry(replies: list[Any], missing: list[int], retried: list[Any]) -> list[Any]:
+    for i, reply in zip(missing, retried[len(retried) - len(missing) :], strict=True):
+        replies[i] = reply
+    return replies
+
+
+def run_calls(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+    """The replies of ``calls``, sent in one round trip; errors left in their slots."""
+    replies = execute(client, [_command(call) for call in calls])
+    missing = _scripts_to_reload(calls, replies)
+    if missing:
+        retried = execute(client, _reload_commands(calls, missing))
+        replies = _merge_retry(replies, missing, retried)
+    return replies
+
+
+async def arun_calls(client: redis.asyncio.Redis, calls: Sequence[Call]) -> list[Any]:
+    replies = await aexecute(client, [_command(call) for call in calls])
+    missing = _scripts_to_reload(calls, replies)
+    if missing:
+        retried = await aexecute(client, _reload_commands(calls, missing))
+        replies = _merge_retry(replies, missing, retried)
+    return replies
+
+
+def run_pipeline(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+    """Like :func:`run_calls`, raising the first error instead."""
+    return first_error(run_calls(client, calls))
+
+
+async def arun_pipeline(client: redis.asyncio.Redis, calls: Sequence[Call]) -> list[Any]:
+    return first_error(await arun_calls(client, calls))
+
+
+touch_script = LuaScript(TOUCH)
 save_script = LuaScript(SAVE)
 delete_script = LuaScript(DELETE)
 delete_if_owned_script = LuaScript(DELETE_IF_OWNED)
