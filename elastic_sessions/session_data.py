@@ -34,6 +34,10 @@ logger = logging.getLogger("elastic_sessions.backends.base")
 
 _MISSING: Any = object()
 
+# Values of these types cannot be changed in place: while a key still holds the
+# very object the load produced, a save need not encode it to compare.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
 # Serialized values up to this size are decoded with the load: cheaper than
 # wrapping them, and a corrupt small value is caught before the view runs.
 EAGER_DECODE_MAX = 64
@@ -51,6 +55,7 @@ def session_data_from_fields(
     raw_meta = fields.pop(META_FIELD, None)
     meta = None if raw_meta is None else SessionMeta.decode(raw_meta)
     items: dict[str, Any] = {}
+    loaded: dict[str, Any] = {}
     pending = 0
     decode_value = codec.decode_value
     for field, raw in fields.items():
@@ -60,17 +65,21 @@ def session_data_from_fields(
             raise CorruptSessionData("undecodable session field name") from err
         mark = field[:1]
         if mark == RAW_STR_MARK or (len(raw) <= EAGER_DECODE_MAX and mark != COMPRESSED_MARK):
-            items[key] = decode_value(field, raw)
+            value = items[key] = decode_value(field, raw)
+            if type(value) in _IMMUTABLE:
+                loaded[key] = value
         else:
             items[key] = Encoded(field, raw)
             pending += 1
-    return SessionData(items, codec, label, pending), meta
+    data = SessionData(items, codec, label, pending)
+    data.loaded_immutables = loaded
+    return data, meta
 
 
 class SessionData(dict[str, Any]):
     """Session items; values of type ``Encoded`` are decoded on first access."""
 
-    __slots__ = ("_codec", "_label", "_pending", "corruption")
+    __slots__ = ("_codec", "_label", "_pending", "corruption", "loaded_immutables")
 
     def __init__(self, items: dict[str, Any], codec: Codec, label: str, pending: int) -> None:
         super().__init__(items)
@@ -80,6 +89,8 @@ class SessionData(dict[str, Any]):
         # How many values are still Encoded (0: behave exactly like a dict).
         self._pending = pending
         self.corruption: CorruptSessionData | None = None
+        # Immutable values as loaded (see _IMMUTABLE); the engine's save reads it.
+        self.loaded_immutables: dict[str, Any] = {}
 
     # -- decoding -------------------------------------------------------------
     def _decoded(self, key: str, value: Encoded) -> Any:

@@ -48,6 +48,32 @@ def test_two_sessions_changing_different_keys_keep_both_changes():
     assert dict(SessionStore(key).items()) == {"a": 1, "b": 2}
 
 
+def test_setting_a_key_back_to_its_loaded_value_after_a_save_is_written():
+    """Loaded immutables are skipped only until a save: restoring one is a change."""
+    key = saved(theme="dark", n=1).session_key
+    session = SessionStore(key)
+    original_theme, original_n = session["theme"], session["n"]
+    session["theme"], session["n"] = "light", 2
+    session.save()
+    session["theme"], session["n"] = original_theme, original_n
+    session.save()
+    assert dict(SessionStore(key).items()) == {"theme": "dark", "n": 1}
+
+
+def test_unchanged_loaded_values_are_not_rewritten(r):
+    """A save after reading small values sends only the key that changed."""
+    key = saved(theme="dark", n=1, flags=[1, 2]).session_key
+    session = SessionStore(key)
+    assert session["theme"] == "dark"
+    rkey = redis_key_of(key)
+    # Change the stored bytes behind the session's back: a rewrite would undo it.
+    r.hset(rkey, b"\x01theme", b"light")
+    session["n"] = 2
+    session.save()
+    assert r.hget(rkey, b"\x01theme") == b"light"
+    assert SessionStore(key)["n"] == 2
+
+
 def test_in_place_mutation_is_saved_when_marked_modified():
     """Mutating a list in place and marking the session modified writes the change."""
     key = saved(cart=[1]).session_key

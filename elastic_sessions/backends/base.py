@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 # a broken store from looping forever.
 _CREATE_ATTEMPTS = 100
 
+_UNSET: Any = object()
+
 # Random bytes to key characters: 252 = 7 * 36, so bytes below it map uniformly
 # and the four above are dropped (Django's get_random_string costs 40x more).
 _BYTE_TO_KEY_CHAR = bytes(ord(VALID_KEY_CHARS[byte % 36]) for byte in range(256))
@@ -256,10 +258,15 @@ class ElasticSessionBase(SessionBase):
         self, data: dict[str, Any], before: dict[bytes, bytes]
     ) -> dict[bytes, bytes]:
         encode = self._codec.encode_item
+        # An immutable value that is still the object the load produced is
+        # stored as it was (unless this write creates the hash from scratch).
+        same = data.loaded_immutables if before and isinstance(data, SessionData) else {}
         sets: dict[bytes, bytes] = {}
         for key, value in dict.items(data):
             if type(value) is Encoded:  # never read, so unchanged: reuse the bytes
                 name, raw = value.field, value.raw
+            elif same.get(key, _UNSET) is value:
+                continue
             else:
                 name, raw = encode(key, value)
             if before.get(name) != raw:
@@ -346,6 +353,10 @@ class ElasticSessionBase(SessionBase):
         except SessionStoreUnavailable as err:
             raise self._unavailable(err) from err.__cause__
         self._apply_write(plan, result)
+        if isinstance(data, SessionData):
+            # What is stored now is what was written: "as loaded" no longer says
+            # anything about it (a key may be set back to its loaded object).
+            data.loaded_immutables = {}
         return None
 
     async def asave(self, must_create: bool = False) -> None:
@@ -366,6 +377,10 @@ class ElasticSessionBase(SessionBase):
         except SessionStoreUnavailable as err:
             raise self._unavailable(err) from err.__cause__
         self._apply_write(plan, result)
+        if isinstance(data, SessionData):
+            # What is stored now is what was written: "as loaded" no longer says
+            # anything about it (a key may be set back to its loaded object).
+            data.loaded_immutables = {}
         return None
 
     # -- create -------------------------------------------------------------
