@@ -98,7 +98,11 @@ def _sorted(summaries: list[SessionSummary], current_session_key: str | None) ->
 
 
 def list_sessions(user: Any, *, current_session_key: str | None = None) -> list[SessionInfo]:
-    """The user's live sessions, the current one first, then by latest expiry."""
+    """The user's live sessions, the current one first, then by latest expiry.
+
+    A user index that is not a sorted set (corrupted data) lists as no sessions
+    and logs a warning naming its key.
+    """
     return _sorted(_storage().user_sessions(user_id_of(user)), current_session_key)
 
 
@@ -116,7 +120,7 @@ def revoke_session(user: Any, sid: str) -> bool:
         return False
     storage, user_id = _storage(), user_id_of(user)
     deleted = storage.delete_if_owned(StorageId(sid), _owner_field(user_id))
-    storage.update_index(user_id, None, 0, [StorageId(sid)])
+    storage.forget_user_sessions(user_id, [StorageId(sid)])
     if deleted:
         session_revoked.send(revoke_session, user_id=user_id, storage_ids=[sid])
     return deleted
@@ -127,7 +131,7 @@ async def arevoke_session(user: Any, sid: str) -> bool:
         return False
     storage, user_id = _storage(), user_id_of(user)
     deleted = await storage.adelete_if_owned(StorageId(sid), _owner_field(user_id))
-    await storage.aupdate_index(user_id, None, 0, [StorageId(sid)])
+    await storage.aforget_user_sessions(user_id, [StorageId(sid)])
     if deleted:
         await session_revoked.asend(revoke_session, user_id=user_id, storage_ids=[sid])
     return deleted
@@ -137,14 +141,18 @@ def revoke_user_sessions(user: Any, *, keep_session_key: str | None = None) -> i
     """End every session of ``user`` ("log out everywhere"); returns how many.
 
     ``keep_session_key`` spares that one session ("sign out everywhere else").
+    A user index that is not a sorted set is deleted with a warning; the sessions
+    it listed cannot be found, so they are not counted and end at their expiry.
     """
     storage, user_id = _storage(), user_id_of(user)
     keep = _current_sid(keep_session_key)
     owner = _owner_field(user_id)
-    candidates = [s.storage_id for s in storage.user_sessions(user_id) if s.storage_id != keep]
+    # A broken index is deleted on the way: the user's next login starts a sane one.
+    summaries = storage.user_sessions(user_id, drop_broken_index=True)
+    candidates = [s.storage_id for s in summaries if s.storage_id != keep]
     ended = storage.delete_all_if_owned(candidates, owner)
     if ended:
-        storage.update_index(user_id, None, 0, ended)
+        storage.forget_user_sessions(user_id, ended)
         session_revoked.send(revoke_user_sessions, user_id=user_id, storage_ids=ended)
     return len(ended)
 
@@ -153,10 +161,10 @@ async def arevoke_user_sessions(user: Any, *, keep_session_key: str | None = Non
     storage, user_id = _storage(), user_id_of(user)
     keep = _current_sid(keep_session_key)
     owner = _owner_field(user_id)
-    summaries = await storage.auser_sessions(user_id)
+    summaries = await storage.auser_sessions(user_id, drop_broken_index=True)
     candidates = [s.storage_id for s in summaries if s.storage_id != keep]
     ended = await storage.adelete_all_if_owned(candidates, owner)
     if ended:
-        await storage.aupdate_index(user_id, None, 0, ended)
+        await storage.aforget_user_sessions(user_id, ended)
         await session_revoked.asend(revoke_user_sessions, user_id=user_id, storage_ids=ended)
     return len(ended)

@@ -2,16 +2,17 @@
 
 ``redis-py`` pools notice a fork and reconnect, so a process-global pool is safe
 under pre-forking servers.  Async clients are bound to the event loop that made
-them, hence one per loop, dropped with the loop.
+them, hence one per loop, disconnected when that loop shuts down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import weakref
-from contextlib import contextmanager
+import logging
+from collections.abc import AsyncGenerator
+from contextlib import contextmanager, suppress
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 import redis.asyncio
@@ -27,6 +28,8 @@ from redis.exceptions import (
 
 from .conf import elastic_settings
 from .exceptions import SessionStoreUnavailable
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_SCHEMES = ("redis", "rediss", "unix")
 
@@ -44,9 +47,14 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
 _sync_client: redis.Redis | None = None
 # Whether we made _sync_client (and so may close it) or borrowed django-redis'.
 _sync_client_owned = False
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
-    weakref.WeakKeyDictionary()
-)
+_async_clients: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
+# Clients forgotten by reset_clients() whose loop could not close them yet (it
+# was idle while another loop ran); they close when their loop shuts down.
+_retired: set[_LoopClient] = set()
+# reset_clients() inside a running loop schedules the close: keep the task.
+_closing_tasks: set[asyncio.Task[None]] = set()
+
+_CREDENTIALS = ("username", "password")
 
 
 @contextmanager
@@ -56,19 +64,63 @@ def translate_outages(action: str) -> Any:
         yield
     except OUTAGE_ERRORS as err:
         raise SessionStoreUnavailable(
-            f"Redis could not {action}: {type(err).__name__}: {err}"
+            _redact(f"Redis could not {action}: {type(err).__name__}: {err}")
         ) from err
 
 
+def _redact(message: str) -> str:
+    # redis-py's own messages hold no password today; this keeps ours clean even
+    # if a future one echoes a URL or an AUTH argument.
+    for secret in (elastic_settings.PASSWORD, _url_credentials()[1].get("password")):
+        if secret:
+            message = message.replace(secret, "***")
+    return message
+
+
+def _url_credentials() -> tuple[str, dict[str, str]]:
+    """REDIS_URL without user and password, and those two as redis-py would read them."""
+    parts = urlsplit(elastic_settings.REDIS_URL)
+    query = parse_qsl(parts.query)
+    credentials: dict[str, str] = {}
+    for name, value in query:
+        if name in _CREDENTIALS:
+            credentials.setdefault(name, value)  # redis-py reads the first one
+    # As in redis-py, the user and password before "@" win over the query string.
+    if parts.username:
+        credentials["username"] = unquote(parts.username)
+    if parts.password:
+        credentials["password"] = unquote(parts.password)
+    if not credentials:
+        return elastic_settings.REDIS_URL, credentials
+    # Built by hand: urlunsplit() turns "unix:///path" into "unix:/path".
+    url = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    rest = urlencode([(name, value) for name, value in query if name not in _CREDENTIALS])
+    return url + (f"?{rest}" if rest else ""), credentials
+
+
+def connection_url() -> str:
+    """``REDIS_URL`` without credentials: they travel in :func:`connection_kwargs`."""
+    return _url_credentials()[0]
+
+
 def connection_kwargs() -> dict[str, Any]:
-    """Client options from ``ELASTIC_SESSIONS`` (URL parts win unless overridden)."""
+    """Client options from ``ELASTIC_SESSIONS``.
+
+    ``USERNAME`` and ``PASSWORD`` win over the user and password in ``REDIS_URL``
+    (before the ``@`` or in the query string); each one left ``None`` keeps the URL's.
+    Any other redis-py option in the URL's query string wins over these.
+    Pass the result with :func:`connection_url`, never with the raw ``REDIS_URL``.
+    """
     scheme = urlsplit(elastic_settings.REDIS_URL).scheme
     if scheme not in SUPPORTED_SCHEMES:
         raise ImproperlyConfigured(
             "ELASTIC_SESSIONS['REDIS_URL'] must start with redis://, rediss:// or "
             f"unix://, not {scheme + '://' if scheme else 'nothing'}."
         )
-    kwargs: dict[str, Any] = {
+    # from_url() lets every URL part win over keyword arguments, so the URL's
+    # credentials leave the URL and become arguments the settings can replace.
+    kwargs: dict[str, Any] = _url_credentials()[1]
+    kwargs |= {
         "socket_timeout": elastic_settings.SOCKET_TIMEOUT,
         "socket_connect_timeout": elastic_settings.SOCKET_CONNECT_TIMEOUT,
         "max_connections": elastic_settings.MAX_CONNECTIONS,
@@ -125,7 +177,7 @@ def get_client() -> redis.Redis:
             _sync_client, _sync_client_owned = _cache_alias_client(alias), False
         else:
             _sync_client = redis.Redis.from_url(
-                elastic_settings.REDIS_URL, retry=_sync_retry(), **connection_kwargs()
+                connection_url(), retry=_sync_retry(), **connection_kwargs()
             )
             _sync_client_owned = True
     return _sync_client
@@ -160,29 +212,117 @@ def _async_from_sync_pool(client: redis.Redis) -> redis.asyncio.Redis:
     return redis.asyncio.Redis(connection_pool=async_pool, retry=_async_retry())
 
 
+class _LoopClient:
+    """An event loop's async client, and the async generator that closes it.
+
+    Event loops have no close callback, but ``asyncio.run()``, ``asyncio.Runner``,
+    asgiref and pytest-asyncio all call ``loop.shutdown_asyncgens()`` before
+    ``loop.close()``: a generator parked at its ``yield`` is closed there, on its
+    own loop, while awaiting still works.  The loop only holds it weakly.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: redis.asyncio.Redis) -> None:
+        self.loop = loop
+        self.client = client
+        self._loop_closed = False
+        self._closer = self._close_at_shutdown()
+        # asend() is what hands the generator to the running loop; driving it by
+        # hand to its yield needs no await, so this works from sync code.
+        with suppress(StopIteration):
+            self._closer.asend(None).send(None)
+
+    async def _close_at_shutdown(self) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            # The generator references the loop (its finalizer hook): forget it, or
+            # the registry would keep every loop alive.
+            if _async_clients.get(self.loop) is self:
+                del _async_clients[self.loop]
+            _retired.discard(self)
+            if not self._loop_closed:
+                await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        try:
+            # Always the pool too: a pool mirrored from django-redis is ours as well.
+            await self.client.aclose(close_connection_pool=True)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as err:
+            logger.debug("Closing an async Redis client failed: %s", type(err).__name__)
+
+    def close(self) -> None:
+        """Disconnect on the client's own loop, as soon as that loop allows."""
+        running = _running_loop()
+        if self.loop.is_closed():
+            self._abandon()
+        elif self.loop is running:
+            task = self.loop.create_task(self._closer.aclose())
+            _closing_tasks.add(task)
+            task.add_done_callback(_closing_tasks.discard)
+        elif self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._closer.aclose(), self.loop)
+        elif running is None:
+            self.loop.run_until_complete(self._closer.aclose())
+        else:
+            # Another loop runs in this thread, so this one cannot run now: its
+            # shutdown closes the client, or a later sweep abandons it.
+            _retired.add(self)
+
+    def _abandon(self) -> None:
+        # A loop closed without shutdown_asyncgens(): a transport cannot be closed
+        # without its loop, so the sockets are left to the garbage collector (which
+        # warns about them).  Finishing the generator lets the loop be collected.
+        self._loop_closed = True
+        with suppress(StopIteration):
+            self._closer.aclose().send(None)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _sweep_closed_loops() -> None:
+    for entry in [*_async_clients.values(), *_retired]:
+        if entry.loop.is_closed():
+            entry.close()
+
+
 def get_async_client() -> redis.asyncio.Redis:
-    """The async client of the running event loop."""
+    """The async client of the running event loop, disconnected when the loop shuts down."""
     loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
+    entry = _async_clients.get(loop)
+    if entry is None:
+        _sweep_closed_loops()
         alias = elastic_settings.CACHE_ALIAS
         if alias is not None:
             client = _async_from_sync_pool(_cache_alias_client(alias))
         else:
             client = redis.asyncio.Redis.from_url(
-                elastic_settings.REDIS_URL, retry=_async_retry(), **connection_kwargs()
+                connection_url(), retry=_async_retry(), **connection_kwargs()
             )
-        _async_clients[loop] = client
-    return client
+        entry = _async_clients[loop] = _LoopClient(loop, client)
+    return entry.client
 
 
 def reset_clients() -> None:
-    """Forget every client (settings changed, or a test wants a fresh start)."""
+    """Close and forget every client (settings changed, or a test wants a fresh start).
+
+    An async client is disconnected on its own loop: at once if that loop is idle,
+    by a task if it is running.  Connections of a loop that was closed without
+    ``shutdown_asyncgens()`` can no longer be closed; they are dropped.
+    """
     global _sync_client  # noqa: PLW0603
     if _sync_client is not None and _sync_client_owned:
         _sync_client.close()
     _sync_client = None
+    entries = [*_async_clients.values(), *_retired]
     _async_clients.clear()
+    _retired.clear()
+    for entry in entries:
+        entry.close()
 
 
 def _on_setting_changed(*, setting: str, **kwargs: object) -> None:

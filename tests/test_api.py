@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from django.contrib.auth import SESSION_KEY
 
@@ -122,3 +124,70 @@ def test_revoke_signal(settings):
         session_revoked.disconnect(receiver)
     assert received == [{"signal": session_revoked, "user_id": "42",
                          "storage_ids": [storage_id(session.session_key)]}]  # fmt: skip
+
+
+@pytest.fixture
+def broken_index(elastic_redis):
+    """User 42 has a live session, but their index key holds a string (corrupted data)."""
+    session = signed_in()
+    key = user_index_redis_key("42")
+    elastic_redis.client().set(key, "not a sorted set")
+    return session, key
+
+
+def warnings_about(key, caplog):
+    return [rec for rec in caplog.records
+            if rec.levelno == logging.WARNING and key in rec.getMessage()]  # fmt: skip
+
+
+def test_listing_with_a_broken_index_is_empty_and_logged(broken_index, elastic_redis, caplog):
+    """An index key of the wrong type lists as no sessions, with a warning naming the key."""
+    _, key = broken_index
+    with caplog.at_level(logging.WARNING, logger="elastic_sessions"):
+        assert api.list_sessions("42") == []
+    assert warnings_about(key, caplog)
+    assert elastic_redis.client().type(key) == b"string"
+
+
+async def test_async_listing_with_a_broken_index_is_empty_and_logged(broken_index, caplog):
+    """The async listing treats a broken index the same way."""
+    _, key = broken_index
+    with caplog.at_level(logging.WARNING, logger="elastic_sessions"):
+        assert await api.alist_sessions("42") == []
+    assert warnings_about(key, caplog)
+
+
+def test_revoke_user_sessions_drops_a_broken_index(broken_index, elastic_redis, caplog):
+    """Log-out-everywhere deletes a broken index with a warning, so the next login indexes again."""
+    _, key = broken_index
+    with caplog.at_level(logging.WARNING, logger="elastic_sessions"):
+        assert api.revoke_user_sessions("42") == 0
+    assert warnings_about(key, caplog)
+    assert elastic_redis.client().exists(key) == 0
+    fresh = signed_in()
+    assert [info.storage_id for info in api.list_sessions("42")] == [storage_id(fresh.session_key)]
+
+
+async def test_arevoke_user_sessions_drops_a_broken_index(broken_index, elastic_redis, caplog):
+    """The async log-out-everywhere deletes a broken index too."""
+    _, key = broken_index
+    with caplog.at_level(logging.WARNING, logger="elastic_sessions"):
+        assert await api.arevoke_user_sessions("42") == 0
+    assert warnings_about(key, caplog)
+    assert elastic_redis.client().exists(key) == 0
+
+
+def test_revoke_session_with_a_broken_index(broken_index, elastic_redis):
+    """Revoking one session still ends it when the index is broken, and drops the index."""
+    session, key = broken_index
+    assert api.revoke_session("42", storage_id(session.session_key))
+    assert not SessionStore().exists(session.session_key)
+    assert elastic_redis.client().exists(key) == 0
+
+
+async def test_arevoke_session_with_a_broken_index(broken_index, elastic_redis):
+    """The async twin ends the session and drops the broken index as well."""
+    session, key = broken_index
+    assert await api.arevoke_session("42", storage_id(session.session_key))
+    assert not await SessionStore().aexists(session.session_key)
+    assert elastic_redis.client().exists(key) == 0

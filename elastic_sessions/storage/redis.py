@@ -8,6 +8,7 @@ are pure functions below the class.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from .scripts import (
     save_script,
     touch_script,
 )
+
+logger = logging.getLogger(__name__)
 
 # Index scores are deadlines; when a write cannot know the server-side deadline
 # yet, it estimates one and adds this much for clock skew between hosts.
@@ -201,13 +204,23 @@ class RedisSessionStorage:
             )
         return int(reply[0])
 
-    def user_sessions(self, user_id: str) -> list[SessionSummary]:
-        """The live sessions of a user (stale index entries are pruned on the way)."""
+    def user_sessions(
+        self, user_id: str, *, drop_broken_index: bool = False
+    ) -> list[SessionSummary]:
+        """The live sessions of a user (stale index entries are pruned on the way).
+
+        An index key that is not a sorted set lists as no sessions, with a
+        warning; ``drop_broken_index`` deletes it as well.
+        """
         client = get_client()
+        key = user_index_redis_key(user_id)
         with translate_outages("list a user's sessions"):
-            sids = _decode_ids(
-                client.zrangebyscore(user_index_redis_key(user_id), int(time.time()), "+inf")
-            )
+            try:
+                sids = _decode_ids(client.zrangebyscore(key, int(time.time()), "+inf"))
+            except ResponseError as err:
+                _raise_unless_wrong_type(err)
+                _warn_broken_index(key, drop_broken_index and _drop_broken_index(client, key))
+                return []
             if not sids:
                 return []
             pipe = client.pipeline(transaction=False)
@@ -215,15 +228,22 @@ class RedisSessionStorage:
                 _queue_summary(pipe, sid)
             summaries, stale = _parse_summaries(sids, pipe.execute())
             if stale:
-                run_pipeline(client, [_index_call(user_id, None, 0, stale)])
+                self.forget_user_sessions(user_id, stale)
         return summaries
 
-    async def auser_sessions(self, user_id: str) -> list[SessionSummary]:
+    async def auser_sessions(
+        self, user_id: str, *, drop_broken_index: bool = False
+    ) -> list[SessionSummary]:
         client = get_async_client()
+        key = user_index_redis_key(user_id)
         with translate_outages("list a user's sessions"):
-            sids = _decode_ids(
-                await client.zrangebyscore(user_index_redis_key(user_id), int(time.time()), "+inf")
-            )
+            try:
+                sids = _decode_ids(await client.zrangebyscore(key, int(time.time()), "+inf"))
+            except ResponseError as err:
+                _raise_unless_wrong_type(err)
+                dropped = drop_broken_index and await _adrop_broken_index(client, key)
+                _warn_broken_index(key, dropped)
+                return []
             if not sids:
                 return []
             pipe = client.pipeline(transaction=False)
@@ -231,29 +251,61 @@ class RedisSessionStorage:
                 _queue_summary(pipe, sid)
             summaries, stale = _parse_summaries(sids, await pipe.execute())
             if stale:
-                await arun_pipeline(client, [_index_call(user_id, None, 0, stale)])
+                await self.aforget_user_sessions(user_id, stale)
         return summaries
+
+    def forget_user_sessions(self, user_id: str, sids: Sequence[StorageId]) -> None:
+        """Take ``sids`` out of the user's index; an index that is not a sorted set is deleted."""
+        client = get_client()
+        with translate_outages("update a user's session index"):
+            try:
+                run_pipeline(client, [_index_call(user_id, None, 0, sids)])
+            except ResponseError as err:
+                _raise_unless_wrong_type(err)
+                key = user_index_redis_key(user_id)
+                _warn_broken_index(key, _drop_broken_index(client, key))
+
+    async def aforget_user_sessions(self, user_id: str, sids: Sequence[StorageId]) -> None:
+        client = get_async_client()
+        with translate_outages("update a user's session index"):
+            try:
+                await arun_pipeline(client, [_index_call(user_id, None, 0, sids)])
+            except ResponseError as err:
+                _raise_unless_wrong_type(err)
+                key = user_index_redis_key(user_id)
+                _warn_broken_index(key, await _adrop_broken_index(client, key))
 
 
 @dataclass
 class PruneReport:
     indexes: int = 0
     stale_entries: int = 0
+    # Index keys of another type than a sorted set (deleted unless dry_run).
+    broken_indexes: int = 0
 
 
 def prune_user_indexes(*, batch_size: int, dry_run: bool) -> PruneReport:
     """SCAN every user index and drop entries whose session is gone.
 
     Expired-by-deadline entries go too (the index script prunes them on each
-    update); an index left empty is deleted.
+    update); an index left empty is deleted, and so is an index key that is not
+    a sorted set (counted in ``broken_indexes``, with a warning).
     """
     client = get_client()
     report = PruneReport()
     pattern = f"{elastic_settings.KEY_PREFIX}:u:{{*}}"
     with translate_outages("scan the user indexes"):
-        for index_key in client.scan_iter(match=pattern, count=batch_size, _type="zset"):
+        # No TYPE filter on the SCAN: a key of the wrong type must be found too.
+        for raw_key in client.scan_iter(match=pattern, count=batch_size):
+            index_key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+            try:
+                sids = _decode_ids(client.zrange(index_key, 0, -1))
+            except ResponseError as err:
+                _raise_unless_wrong_type(err)
+                report.broken_indexes += 1
+                _warn_broken_index(index_key, not dry_run and _drop_broken_index(client, index_key))
+                continue
             report.indexes += 1
-            sids = _decode_ids(client.zrange(index_key, 0, -1))
             pipe = client.pipeline(transaction=False)
             for sid in sids:
                 pipe.exists(session_redis_key(sid))
@@ -262,6 +314,58 @@ def prune_user_indexes(*, batch_size: int, dry_run: bool) -> PruneReport:
             if not dry_run:
                 index_update_script(client, [index_key], ["", 0, *stale])
     return report
+
+
+def _raise_unless_wrong_type(err: ResponseError) -> None:
+    # WRONGTYPE on an index key means corrupted data, handled by the caller; any
+    # other ResponseError is a bug and must surface.
+    if not str(err).startswith("WRONGTYPE"):
+        raise err
+
+
+def _warn_broken_index(key: str, dropped: bool) -> None:
+    if dropped:
+        logger.warning(
+            "User index %s was not a sorted set and has been deleted; sessions it listed "
+            "can no longer be listed or revoked and end at their expiry.",
+            key,
+        )
+    else:
+        logger.warning(
+            "User index %s is not a sorted set, so that user's sessions cannot be listed; "
+            "revoking the user's sessions or running clearsessions_elastic deletes it.",
+            key,
+        )
+
+
+def _is_broken_index(key_type: bytes | str) -> bool:
+    name = key_type.decode() if isinstance(key_type, bytes) else key_type
+    return name not in {"zset", "none"}
+
+
+def _drop_broken_index(client: Any, key: str) -> bool:
+    """Delete ``key`` if it still is not a sorted set; True if it was deleted."""
+
+    # WATCH: never delete an index somebody rebuilt between the error and now.
+    def drop(pipe: Any) -> bool:
+        if not _is_broken_index(pipe.type(key)):
+            return False
+        pipe.multi()
+        pipe.delete(key)
+        return True
+
+    return bool(client.transaction(drop, key, value_from_callable=True))
+
+
+async def _adrop_broken_index(client: Any, key: str) -> bool:
+    async def drop(pipe: Any) -> bool:
+        if not _is_broken_index(await pipe.type(key)):
+            return False
+        pipe.multi()
+        pipe.delete(key)
+        return True
+
+    return bool(await client.transaction(drop, key, value_from_callable=True))
 
 
 def estimated_deadline(absolute_timeout: int) -> int:

@@ -11,7 +11,8 @@ from ...storage.redis import prune_user_indexes
 class Command(BaseCommand):
     help = (
         "Garbage-collect what Redis does not expire by itself: per-user index entries "
-        "of sessions that ended. Safe to run from cron on several hosts at once."
+        "of sessions that ended, and index keys of the wrong type. Safe to run from "
+        "cron on several hosts at once."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -35,5 +36,6 @@ class Command(BaseCommand):
         if options["verbosity"] >= 1:
             self.stdout.write(
                 f"user indexes scanned: {report.indexes}; "
-                f"stale entries {verb}: {report.stale_entries}"
+                f"stale entries {verb}: {report.stale_entries}; "
+                f"broken indexes {verb}: {report.broken_indexes}"
             )
