@@ -127,10 +127,18 @@ def key_of_field(field: bytes) -> str:
     return key
 
 
+_VARIANTS: dict[str, tuple[bytes, bytes, bytes]] = {}
+
+
 def field_variants(key: str) -> tuple[bytes, bytes, bytes]:
     """Every field name ``key`` can be stored under (a delete must remove all)."""
-    name = _name(key)
-    return RAW_STR_MARK + name, COMPRESSED_MARK + name, serialized_field(key)
+    variants = _VARIANTS.get(key)
+    if variants is None:
+        name = _name(key)
+        variants = (RAW_STR_MARK + name, COMPRESSED_MARK + name, serialized_field(key))
+        if len(_VARIANTS) < _KEYS_OF_FIELDS_MAX:
+            _VARIANTS[key] = variants
+    return variants
 
 
 class Codec:

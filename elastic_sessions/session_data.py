@@ -21,11 +21,9 @@ from typing import Any
 
 from .codec import (
     COMPRESSED_MARK,
-    META_FIELD,
     RAW_STR_MARK,
     Codec,
     Encoded,
-    SessionMeta,
     key_of_field,
 )
 from .exceptions import CorruptSessionData
@@ -43,17 +41,11 @@ _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 EAGER_DECODE_MAX = 64
 
 
-def session_data_from_fields(
-    fields: dict[bytes, bytes], codec: Codec, label: str
-) -> tuple[SessionData, SessionMeta | None]:
-    """The session items and metadata of a hash as read; ``fields`` loses its
-    metadata field (what is left are the data fields exactly as stored).
+def session_data_from_fields(fields: dict[bytes, bytes], codec: Codec, label: str) -> SessionData:
+    """The session items of a hash's data fields (the metadata field taken out).
 
-    Raises ``CorruptSessionData`` when a field name, the metadata or a small
-    value is unreadable.
+    Raises ``CorruptSessionData`` when a field name or a small value is unreadable.
     """
-    raw_meta = fields.pop(META_FIELD, None)
-    meta = None if raw_meta is None else SessionMeta.decode(raw_meta)
     items: dict[str, Any] = {}
     loaded: dict[str, Any] = {}
     pending = 0
@@ -64,7 +56,12 @@ def session_data_from_fields(
         except UnicodeDecodeError as err:
             raise CorruptSessionData("undecodable session field name") from err
         mark = field[:1]
-        if mark == RAW_STR_MARK or (len(raw) <= EAGER_DECODE_MAX and mark != COMPRESSED_MARK):
+        if mark == RAW_STR_MARK:
+            try:
+                value = items[key] = loaded[key] = raw.decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError as err:
+                raise CorruptSessionData("undecodable session value") from err
+        elif len(raw) <= EAGER_DECODE_MAX and mark != COMPRESSED_MARK:
             value = items[key] = decode_value(field, raw)
             if type(value) in _IMMUTABLE:
                 loaded[key] = value
@@ -73,7 +70,7 @@ def session_data_from_fields(
             pending += 1
     data = SessionData(items, codec, label, pending)
     data.loaded_immutables = loaded
-    return data, meta
+    return data
 
 
 class SessionData(dict[str, Any]):

@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 _CREATE_ATTEMPTS = 100
 
 _UNSET: Any = object()
+# Where Django's login() value (the user id) can be stored.
+_OWNER_FIELDS = field_variants(USER_ID_KEY)
 
 # Random bytes to key characters: 252 = 7 * 36, so bytes below it map uniformly
 # and the four above are dropped (Django's get_random_string costs 40x more).
@@ -196,13 +198,11 @@ class ElasticSessionBase(SessionBase):
             self._session_key = None
             return {}
         try:
-            data, meta = session_data_from_fields(stored.fields, self._codec, str(self.storage_id))
+            data = session_data_from_fields(stored.fields, self._codec, str(self.storage_id))
         except CorruptSessionData as err:
             return self._discard_corrupt(err)
-        # session_data_from_fields took the metadata field out: what is left is
-        # exactly the data fields as stored.
         self._stored_fields = stored.fields
-        self._meta = meta
+        self._meta = stored.meta
         self._touched_ttl = stored.touched_ttl_ms // 1000 if stored.touched_ttl_ms >= 0 else None
         return data
 
@@ -217,6 +217,27 @@ class ElasticSessionBase(SessionBase):
         self._stored_fields = {}
         self._meta = None
         return {}
+
+    # -- items ----------------------------------------------------------------
+    # Django's setdefault tests `key in` and then reads the key; a large value
+    # found undecodable between the two would raise KeyError out of a view.
+    def setdefault(self, key: str, value: Any) -> Any:
+        data = self._session
+        current = data.get(key, _UNSET)
+        if current is not _UNSET:
+            return current
+        self.modified = True
+        data[key] = value
+        return value
+
+    async def asetdefault(self, key: str, value: Any) -> Any:
+        data = await self._aget_session()
+        current = data.get(key, _UNSET)
+        if current is not _UNSET:
+            return current
+        self.modified = True
+        data[key] = value
+        return value
 
     # -- expiry -------------------------------------------------------------
     def _deadline_left(self) -> int | None:
@@ -248,7 +269,7 @@ class ElasticSessionBase(SessionBase):
 
     # -- save ---------------------------------------------------------------
     def _owner(self, fields: dict[bytes, bytes]) -> str | None:
-        for name in field_variants(USER_ID_KEY):
+        for name in _OWNER_FIELDS:
             if name in fields:
                 _, value = self._codec.decode_item(name, fields[name])
                 return str(value)
@@ -273,13 +294,17 @@ class ElasticSessionBase(SessionBase):
                 sets[name] = raw
         return sets
 
-    def _plan(self, data: dict[str, Any], must_create: bool) -> WritePlan | None:
+    def _plan(
+        self, data: dict[str, Any], must_create: bool, idle: int, fixed: int
+    ) -> WritePlan | None:
         """The write that brings the store to ``data``; None when nothing changed."""
-        idle, fixed = expiry_policy(data.get("_session_expiry"), self.get_session_cookie_age())
         before = {} if must_create else self._stored_fields
         sets = self._changed_fields(data, before)
         gone = {key for key in map(key_of_field, before) if key not in data}
         deletes = [variant for key in sorted(gone) for variant in field_variants(key)]
+        for name in sets if before else ():
+            # A key is stored under one field name at a time: drop its others.
+            deletes += [other for other in field_variants(key_of_field(name)) if other != name]
         if not (must_create or sets or deletes):
             return None
         old_owner = self._owner(before)
@@ -315,37 +340,38 @@ class ElasticSessionBase(SessionBase):
             self._stored_fields, self._meta = {}, None
             return
         stored = {} if plan.create else self._stored_fields
-        deleted = set(plan.deletes)
-        self._stored_fields = {
-            **{name: value for name, value in stored.items() if name not in deleted},
-            **plan.sets,
-        }
+        for name in plan.deletes:
+            stored.pop(name, None)
+        stored.update(plan.sets)
+        self._stored_fields = stored
         self._meta = result.meta
 
-    def _expires_now(self, data: dict[str, Any]) -> bool:
-        idle, fixed = expiry_policy(data.get("_session_expiry"), self.get_session_cookie_age())
-        return is_expired(idle, fixed, time.time())
+    def _expiry(self, data: dict[str, Any]) -> tuple[int, int]:
+        return expiry_policy(data.get("_session_expiry"), self.get_session_cookie_age())
 
-    def _drop_if_corrupt(self, data: dict[str, Any]) -> None:
+    def _drop_if_corrupt(self, must_create: bool) -> None:
         # A large value found undecodable after the load emptied the session:
-        # like a failed load, the data goes on under a new key.
+        # like a failed load, the data goes on under a new key.  (Nothing to do
+        # when the session was never loaded, or when this save creates a key.)
+        data = getattr(self, "_session_cache", None)
         if isinstance(data, SessionData) and data.corruption is not None:
             data.corruption = None
-            self._session_key = None
             self._stored_fields, self._meta = {}, None
+            if not must_create:
+                self._session_key = None
 
     def save(self, must_create: bool = False) -> None:
-        if self.session_key is not None:
-            self._drop_if_corrupt(self._get_session(no_load=must_create))
+        self._drop_if_corrupt(must_create)
         if self.session_key is None:
             return self.create()
         data = self._get_session(no_load=must_create)
         sid = self.storage_id
         assert sid is not None
-        if self._expires_now(data):
+        idle, fixed = self._expiry(data)
+        if is_expired(idle, fixed, time.time()):
             # Django's contract: a non-positive expiry age ends the session.
             return None if must_create else self._delete_sid(sid)
-        plan = self._plan(data, must_create)
+        plan = self._plan(data, must_create, idle, fixed)
         if plan is None:
             return None
         try:
@@ -360,16 +386,16 @@ class ElasticSessionBase(SessionBase):
         return None
 
     async def asave(self, must_create: bool = False) -> None:
-        if self.session_key is not None:
-            self._drop_if_corrupt(await self._aget_session(no_load=must_create))
+        self._drop_if_corrupt(must_create)
         if self.session_key is None:
             return await self.acreate()
         data = await self._aget_session(no_load=must_create)
         sid = self.storage_id
         assert sid is not None
-        if self._expires_now(data):
+        idle, fixed = self._expiry(data)
+        if is_expired(idle, fixed, time.time()):
             return None if must_create else await self._adelete_sid(sid)
-        plan = self._plan(data, must_create)
+        plan = self._plan(data, must_create, idle, fixed)
         if plan is None:
             return None
         try:

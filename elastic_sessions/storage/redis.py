@@ -22,18 +22,16 @@ from ..connection import get_async_client, get_client, translate_outages
 from ..exceptions import CorruptSessionData
 from ..keys import StorageId, session_redis_key, user_index_redis_key
 from .scripts import (
-    Call,
+    TOUCH,
     ScriptCall,
-    arun_calls,
     arun_pipeline,
     delete_if_owned_script,
     delete_script,
     index_update_script,
-    run_calls,
     run_pipeline,
     save_script,
-    touch_script,
 )
+from .wire import aexecute, asend_later, execute, send_later
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +40,17 @@ logger = logging.getLogger(__name__)
 _DEADLINE_SKEW_MARGIN = 60
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredSession:
-    """A session as read from the store; ``touched_ttl_ms`` is -1 if not slid."""
+    """A session as read: its data fields (metadata taken out) and metadata.
+
+    ``touched_ttl_ms`` is the TTL the touch sent with this load sets, or -1.
+    """
 
     fields: dict[bytes, bytes]
-    touched_ttl_ms: int
+    meta: SessionMeta
+    ttl_ms: int
+    touched_ttl_ms: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +109,27 @@ class RedisSessionStorage:
     owner_fields: tuple[bytes, ...] = ()
 
     # -- load ---------------------------------------------------------------
+    # A load is HGETALL + PTTL, both native: no script runs on the load of a
+    # session that was touched recently (most loads).  When the TTL is due to
+    # slide, the touch script is sent right after and its reply read at the
+    # connection's next use, so the request still waits for one round trip.
     def load(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None:
+        key = session_redis_key(sid)
         with translate_outages("load a session"):
-            return _parse_load(run_calls(get_client(), _load_calls(sid, touch_interval_ms)))
+            client = get_client()
+            stored = _parse_load(execute(client, [("HGETALL", key), ("PTTL", key)]))
+            if stored is not None and _touch(stored, touch_interval_ms):
+                send_later(client, [_touch_command(key, touch_interval_ms)])
+        return stored
 
     async def aload(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None:
+        key = session_redis_key(sid)
         with translate_outages("load a session"):
-            replies = await arun_calls(get_async_client(), _load_calls(sid, touch_interval_ms))
-            return _parse_load(replies)
+            client = get_async_client()
+            stored = _parse_load(await aexecute(client, [("HGETALL", key), ("PTTL", key)]))
+            if stored is not None and _touch(stored, touch_interval_ms):
+                await asend_later(client, [_touch_command(key, touch_interval_ms)])
+        return stored
 
     # -- write --------------------------------------------------------------
     def write(self, sid: StorageId, plan: WritePlan) -> WriteResult:
@@ -409,22 +425,14 @@ def _write_calls(sid: StorageId, plan: WritePlan) -> list[ScriptCall]:
     return calls
 
 
-def _load_calls(sid: StorageId, touch_interval_ms: int) -> list[Call]:
-    # HGETALL itself, not a script that returns the fields: copying a large hash
-    # through Lua costs many times the command.  The touch rides in the same
-    # round trip; it only needs the metadata field.
-    key = session_redis_key(sid)
-    return [("HGETALL", key), (touch_script, [key], [touch_interval_ms])]
-
-
 def _parse_load(replies: list[Any]) -> StoredSession | None:
-    flat, touched = replies
+    flat, ttl_ms = replies
     if isinstance(flat, ResponseError):
         if str(flat).startswith("WRONGTYPE"):
             raise CorruptSessionData("the session key holds a value that is not a hash")
         raise flat
-    if isinstance(touched, Exception):
-        raise touched
+    if isinstance(ttl_ms, Exception):
+        raise ttl_ms
     if not flat:
         return None
     if isinstance(flat, dict):  # RESP3 (redis-py's default since 8.0): a map
@@ -432,7 +440,34 @@ def _parse_load(replies: list[Any]) -> StoredSession | None:
     else:  # RESP2: a flat list of field, value, field, value...
         iterator = iter(flat)
         fields = dict(zip(iterator, iterator, strict=False))
-    return StoredSession(fields=fields, touched_ttl_ms=int(touched))
+    raw_meta = fields.pop(META_FIELD, None)
+    if raw_meta is None:
+        # Every save writes it; a hash without it is not a session of ours.
+        raise CorruptSessionData("the session has no metadata field")
+    return StoredSession(fields, SessionMeta.decode(raw_meta), int(ttl_ms))
+
+
+def _touch(stored: StoredSession, touch_interval_ms: int) -> bool:
+    """Whether sliding the TTL is due (then ``touched_ttl_ms`` says to what).
+
+    The same rule as the TOUCH script, which checks it again atomically with
+    the server's clock before it extends anything.
+    """
+    meta = stored.meta
+    if meta.idle <= 0 or stored.ttl_ms < 0:
+        return False
+    target = min(meta.idle * 1000, meta.deadline * 1000 - int(time.time() * 1000))
+    throttle = min(touch_interval_ms, meta.idle * 500)
+    if target <= 0 or target - stored.ttl_ms <= throttle:
+        return False
+    stored.touched_ttl_ms = target
+    return True
+
+
+def _touch_command(key: str, touch_interval_ms: int) -> tuple[Any, ...]:
+    # EVAL, not EVALSHA: a reply read later cannot trigger a NOSCRIPT reload;
+    # Redis caches the compiled script by its SHA either way.
+    return ("EVAL", TOUCH, 1, key, touch_interval_ms)
 
 
 def _parse_write(reply: Any) -> WriteResult:

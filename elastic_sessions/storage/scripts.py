@@ -76,30 +76,34 @@ return -1
 # ARGV[5]: metadata to carry over on create (cycle_key keeps created and the
 #          deadline of the session it replaces), or ''
 # ARGV[6]: n, the number of fields to set
-# ARGV[7 .. 6+2n]: field, value pairs to set; the key's other encodings are removed
-# ARGV[7+2n ..]: fields to remove
+# ARGV[7 .. 6+2n]: field, value pairs to set
+# ARGV[7+2n ..]: fields to remove: those of removed keys, and the other field
+#                names of each key set (a key is stored under one name at a
+#                time; see codec.py), so two writers never leave two versions
 # Returns {status, meta}: status 1 written, 0 exists (create), -1 missing (update),
 #         -2 already expired, so deleted; meta is the session's metadata.
 # No allow-oom: under maxmemory the whole write is refused before it starts, never
-# half applied.
+# half applied.  Kept short: it runs on every save.
 SAVE = (
     "#!lua\n"
     + _CHUNKED_CALL
-    + _META
     + """
 local key = KEYS[1]
-local now = now_ms()
-local exists = redis.call('EXISTS', key) == 1
 local old_meta = false
 if ARGV[1] == 'c' then
-  if exists then return {0, ''} end
-  if ARGV[5] ~= '' then old_meta = ARGV[5] end
+  if redis.call('EXISTS', key) == 1 then return {0, ''} end
+  if #ARGV[5] == 12 then old_meta = ARGV[5] end
 else
-  if not exists then return {-1, ''} end
+  -- Every session has its metadata field: no field, no session.
   old_meta = redis.call('HGET', key, '\\0')
+  if not old_meta then return {-1, ''} end
 end
-local created, deadline = read_meta(old_meta)
-if not created then
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local created, deadline
+if old_meta and #old_meta == 12 then
+  created, deadline = struct.unpack('>I4I4', old_meta)
+else
   created = math.floor(now / 1000)
   deadline = created + tonumber(ARGV[3])
 end
@@ -113,29 +117,11 @@ if ttl <= 0 then
   redis.call('DEL', key)
   return {-2, ''}
 end
-local meta = struct.pack(META_FORMAT, created, deadline, idle)
-if meta ~= old_meta or not exists then redis.call('HSET', key, '\\0', meta) end
--- A key is stored under one of four field names: \\1key (raw text), \\3key
--- (compressed), key or \\2key (serialized; \\2 escapes names starting \\0-\\3).
--- Setting one removes the others, so two writers never leave two versions.
-local n = tonumber(ARGV[6])
-local last_set = 6 + 2 * n
-local stale = {}
-for i = 7, last_set, 2 do
-  local field = ARGV[i]
-  local mark = string.byte(field, 1)
-  local name = field
-  if mark and mark >= 1 and mark <= 3 then name = string.sub(field, 2) end
-  local first = string.byte(name, 1)
-  local plain = name
-  if first and first <= 3 then plain = '\\2' .. name end
-  for _, variant in ipairs({'\\1' .. name, '\\3' .. name, plain}) do
-    if variant ~= field then stale[#stale + 1] = variant end
-  end
-end
-for i = last_set + 1, #ARGV do stale[#stale + 1] = ARGV[i] end
-if #stale > 0 then call_chunked('HDEL', key, stale, 1, #stale) end
-if n > 0 then call_chunked('HSET', key, ARGV, 7, last_set) end
+local meta = struct.pack('>I4I4I4', created, deadline, idle)
+if meta ~= old_meta or ARGV[1] == 'c' then redis.call('HSET', key, '\\0', meta) end
+local last_set = 6 + 2 * tonumber(ARGV[6])
+if #ARGV > last_set then call_chunked('HDEL', key, ARGV, last_set + 1, #ARGV) end
+if last_set > 6 then call_chunked('HSET', key, ARGV, 7, last_set) end
 redis.call('PEXPIRE', key, ttl)
 return {1, meta}
 """
@@ -274,7 +260,6 @@ async def arun_pipeline(client: redis.asyncio.Redis, calls: Sequence[Call]) -> l
     return first_error(await arun_calls(client, calls))
 
 
-touch_script = LuaScript(TOUCH)
 save_script = LuaScript(SAVE)
 delete_script = LuaScript(DELETE)
 delete_if_owned_script = LuaScript(DELETE_IF_OWNED)

@@ -15,6 +15,7 @@ per node and is handled where it is added.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 from collections import deque
@@ -40,34 +41,37 @@ class _Lane:
     ``ConnectionPool.get_connection`` and ``release`` take a lock, poll the
     socket and record metrics on every call: about a fifth of a small session's
     load.  A lane borrows connections through them once and then hands them out
-    again from a deque (atomic under the GIL).  They stay in the pool's in-use
-    set, so ``MAX_CONNECTIONS`` still bounds them and closing the client still
-    closes them.
+    again from a deque (atomic under the GIL; an asyncio pool belongs to one
+    loop).  They stay in the pool's in-use set, so ``MAX_CONNECTIONS`` still
+    bounds them and closing the client still closes them.
     """
 
-    __slots__ = ("idle", "pid", "pool")
+    __slots__ = ("__weakref__", "idle", "pid", "pool")
 
-    def __init__(self, pool: redis.ConnectionPool) -> None:
+    def __init__(self, pool: Any) -> None:
         self.pool = pool
         self.pid = os.getpid()
-        self.idle: deque[redis.connection.ConnectionInterface] = deque()
+        self.idle: deque[Any] = deque()
 
-    def take(self) -> redis.connection.ConnectionInterface:
+    def take_idle(self) -> Any:
+        """An idle connection, or None when the caller must borrow a new one."""
         if self.pid != os.getpid():
             # A forked child must never write to its parent's sockets.
             self.idle.clear()
             self.pid = os.getpid()
-        try:
-            return self.idle.pop()
-        except IndexError:
-            connection: redis.connection.ConnectionInterface = self.pool.get_connection()
-            return connection
+        return self.idle.pop() if self.idle else None
 
-    def give_back(self, connection: redis.connection.ConnectionInterface) -> None:
+    def take(self) -> Any:
+        return self.take_idle() or self.pool.get_connection()
+
+    async def atake(self) -> Any:
+        return self.take_idle() or await self.pool.get_connection()
+
+    def give_back(self, connection: Any) -> None:
         self.idle.append(connection)
 
 
-_lanes: weakref.WeakKeyDictionary[redis.ConnectionPool, _Lane] = weakref.WeakKeyDictionary()
+_lanes: weakref.WeakKeyDictionary[Any, _Lane] = weakref.WeakKeyDictionary()
 
 
 def _pack(conn: Any, commands: Sequence[Command]) -> list[bytes]:
@@ -82,11 +86,50 @@ def _pack(conn: Any, commands: Sequence[Command]) -> list[bytes]:
     return packed
 
 
-def _lane(pool: redis.ConnectionPool) -> _Lane:
+def _lane(pool: Any) -> _Lane:
     lane = _lanes.get(pool)
     if lane is None:
         lane = _lanes.setdefault(pool, _Lane(pool))
     return lane
+
+
+# On a lane connection: (replies not read yet, the socket they will arrive on).
+_UNREAD = "_elastic_sessions_unread"
+
+
+def _drain(conn: Any) -> None:
+    """Read (and drop) the replies of commands sent by :func:`send_later`."""
+    count, sock = getattr(conn, _UNREAD, (0, None))
+    if not count:
+        return
+    setattr(conn, _UNREAD, (0, None))
+    if sock is not conn._sock:
+        return  # reconnected since: those replies went with the old socket
+    for _ in range(count):
+        # A refused touch changes nothing; the next due load sends another.
+        with contextlib.suppress(ResponseError):
+            conn.read_response()
+
+
+def send_later(client: redis.Redis, commands: Sequence[Command]) -> None:
+    """Send ``commands`` now and read their replies before the connection's next use.
+
+    For writes whose outcome the request does not wait for (a throttled touch):
+    they cost a send, not a round trip.  A connection error drops them.
+    """
+    lane = _lane(client.connection_pool)
+    conn: Any = lane.take()
+    try:
+        _drain(conn)
+        conn.send_packed_command(_pack(conn, commands), check_health=False)
+        setattr(conn, _UNREAD, (len(commands), conn._sock))
+    except redis.exceptions.RedisError:
+        conn.disconnect()
+    except BaseException:
+        conn.disconnect()
+        lane.give_back(conn)
+        raise
+    lane.give_back(conn)
 
 
 def execute(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
@@ -96,6 +139,7 @@ def execute(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
     packed = _pack(conn, commands)
 
     def send_and_read() -> list[Any]:
+        _drain(conn)
         conn.send_packed_command(packed)
         replies: list[Any] = []
         for _ in commands:
@@ -120,30 +164,63 @@ def execute(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
     return result
 
 
+async def _adrain(conn: Any) -> None:
+    count, reader = getattr(conn, _UNREAD, (0, None))
+    if not count:
+        return
+    setattr(conn, _UNREAD, (0, None))
+    if reader is not conn._reader:
+        return
+    for _ in range(count):
+        with contextlib.suppress(ResponseError):
+            await conn.read_response()
+
+
+async def asend_later(client: redis.asyncio.Redis, commands: Sequence[Command]) -> None:
+    """The async twin of :func:`send_later`."""
+    lane = _lane(client.connection_pool)
+    conn = await lane.atake()
+    try:
+        await _adrain(conn)
+        await conn.send_packed_command(_pack(conn, commands), check_health=False)
+        setattr(conn, _UNREAD, (len(commands), conn._reader))
+    except redis.exceptions.RedisError:
+        await conn.disconnect()
+    except BaseException:
+        await conn.disconnect()
+        lane.give_back(conn)
+        raise
+    lane.give_back(conn)
+
+
 async def aexecute(client: redis.asyncio.Redis, commands: Sequence[Command]) -> list[Any]:
     """The async twin of :func:`execute`."""
-    pool = client.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    lane = _lane(client.connection_pool)
+    conn = await lane.atake()
+    packed = _pack(conn, commands)
+
+    async def send_and_read() -> list[Any]:
+        await _adrain(conn)
+        await conn.send_packed_command(packed)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as err:
+                replies.append(err)
+        return replies
+
+    async def drop(_error: Exception) -> None:
+        await conn.disconnect()
+
     try:
-        packed = conn.pack_commands(commands)
-
-        async def send_and_read() -> list[Any]:
-            await conn.send_packed_command(packed)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as err:
-                    replies.append(err)
-            return replies
-
-        async def drop(_error: Exception) -> None:
-            await conn.disconnect()
-
         result: list[Any] = await conn.retry.call_with_retry(send_and_read, drop)
-        return result
-    finally:
-        await pool.release(conn)
+    except BaseException:
+        await conn.disconnect()
+        lane.give_back(conn)
+        raise
+    lane.give_back(conn)
+    return result
 
 
 def first_error(replies: list[Any]) -> list[Any]:
