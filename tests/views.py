@@ -22,6 +22,19 @@ async def aget_value(request: HttpRequest, key: str) -> JsonResponse:
     return JsonResponse({"value": await request.session.aget(key)})
 
 
+def read_then_set(request: HttpRequest, read: str, key: str, value: str) -> JsonResponse:
+    """Read one key, then set another (a lazily found unreadable value must not 500)."""
+    seen = request.session.get(read)
+    request.session[key] = value
+    return JsonResponse({"read": seen})
+
+
+async def aread_then_set(request: HttpRequest, read: str, key: str, value: str) -> JsonResponse:
+    seen = await request.session.aget(read)
+    await request.session.aset(key, value)
+    return JsonResponse({"read": seen})
+
+
 def login_view(request: HttpRequest, username: str) -> HttpResponse:
     user, _ = get_user_model().objects.get_or_create(username=username)
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
