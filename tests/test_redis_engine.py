@@ -386,3 +386,17 @@ async def test_async_index_follows_login_and_logout(r):
     assert index_members(r) == {storage_id(session.session_key).encode()}
     await session.aflush()
     assert index_members(r) == set()
+
+
+def test_login_and_logout_rebuild_an_index_key_of_the_wrong_type(r):
+    """Garbage under a user's index name does not fail a login or a logout."""
+    r.set(user_index_redis_key("42"), b"garbage")
+    session = saved(a=1)
+    login(session)
+    assert index_members(r) == {storage_id(session.session_key).encode()}
+    r.delete(user_index_redis_key("42"))
+    r.set(user_index_redis_key("42"), b"garbage again")
+    key = session.session_key
+    session.flush()
+    assert r.exists(user_index_redis_key("42")) == 0
+    assert r.exists(redis_key_of(key)) == 0

@@ -163,6 +163,10 @@ return redis.call('DEL', KEYS[1])
 # Returns the number of entries left.
 INDEX_UPDATE = """#!lua flags=allow-oom
 local key = KEYS[1]
+local kind = redis.call('TYPE', key)['ok']
+-- Something else under an index name (corrupted data) must not fail logins
+-- and logouts: the index is rebuilt from here on.
+if kind ~= 'zset' and kind ~= 'none' then redis.call('DEL', key) end
 local now = tonumber(redis.call('TIME')[1])
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
 if ARGV[1] ~= '' then redis.call('ZADD', key, tonumber(ARGV[2]), ARGV[1]) end
