@@ -84,6 +84,8 @@ class _CompactJSON:
         return self._dumps(obj).encode("ascii")
 
     def loads(self, data: bytes) -> Any:
+        if data.isdigit() and (data[0] != 0x30 or len(data) == 1):  # ints: counters, ids
+            return int(data)
         return self._loads(data)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -57,15 +57,28 @@ _closing_tasks: set[asyncio.Task[None]] = set()
 _CREDENTIALS = ("username", "password")
 
 
-@contextmanager
-def translate_outages(action: str) -> Any:
-    """Re-raise an outage as :class:`SessionStoreUnavailable`, naming ``action``."""
-    try:
-        yield
-    except OUTAGE_ERRORS as err:
-        raise SessionStoreUnavailable(
-            _redact(f"Redis could not {action}: {type(err).__name__}: {err}")
-        ) from err
+class translate_outages:
+    """Re-raise an outage as :class:`SessionStoreUnavailable`, naming ``action``.
+
+    A class, not ``@contextmanager``: it wraps every Redis call of every
+    request, and a generator-based context manager costs several times more.
+    """
+
+    __slots__ = ("action",)
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, _tb: Any
+    ) -> None:
+        if err is not None and isinstance(err, OUTAGE_ERRORS):
+            raise SessionStoreUnavailable(
+                _redact(f"Redis could not {self.action}: {type(err).__name__}: {err}")
+            ) from err
 
 
 def _redact(message: str) -> str:

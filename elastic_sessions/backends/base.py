@@ -221,7 +221,7 @@ class ElasticSessionBase(SessionBase):
     # -- items ----------------------------------------------------------------
     # Django's setdefault tests `key in` and then reads the key; a large value
     # found undecodable between the two would raise KeyError out of a view.
-    def setdefault(self, key: str, value: Any) -> Any:
+    def setdefault(self, key: str, value: Any) -> Any:  # type: ignore[override]
         data = self._session
         current = data.get(key, _UNSET)
         if current is not _UNSET:
