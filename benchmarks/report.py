@@ -88,7 +88,10 @@ def ratios(results: list[Result], memory: list[Memory]) -> list[Ratio]:
         floor = runs.get((RAW_FLOOR, cycle, size))
         if floor:
             value = paired_ratio(ours, floor)
-            found.append(Ratio("ops/s  ours / raw-floor", size, cycle, value, f">= {FLOOR_TARGET}"))
+            # The "all within 25% of the raw floor" is about the three
+            # targeted cycles; a create (once per session) is reported only.
+            target = f">= {FLOOR_TARGET}" if CACHE_TARGETS.get(cycle) else ""
+            found.append(Ratio("ops/s  ours / raw-floor", size, cycle, value, target))
     used = {(m.engine, m.size): m.bytes for m in memory}
     for (engine, size), ours_bytes in used.items():
         if engine != OURS:
