@@ -35,7 +35,7 @@ DEFAULTS: dict[str, object] = {
     "SSL_CERTFILE": None,
     "SSL_KEYFILE": None,
     "SSL_CERT_REQS": "required",
-    "SSL_CHECK_HOSTNAME": False,
+    "SSL_CHECK_HOSTNAME": True,
     # Every Redis key starts with this; keep it short, it is stored per session.
     "KEY_PREFIX": "es",
     # Secret for the keyed hash that turns a cookie into a storage id.

@@ -149,7 +149,9 @@ def connection_kwargs() -> dict[str, Any]:
             ssl_certfile=elastic_settings.SSL_CERTFILE,
             ssl_keyfile=elastic_settings.SSL_KEYFILE,
             ssl_cert_reqs=elastic_settings.SSL_CERT_REQS,
-            ssl_check_hostname=elastic_settings.SSL_CHECK_HOSTNAME,
+            # Without a certificate check there is no name to check either.
+            ssl_check_hostname=elastic_settings.SSL_CHECK_HOSTNAME
+            and elastic_settings.SSL_CERT_REQS != "none",
         )
     return kwargs
 

@@ -68,6 +68,19 @@ def test_tls_with_unknown_ca_is_refused(tls_server, use_server):
         round_trip()
 
 
+def test_tls_certificate_for_another_host_is_refused_by_default(
+    redis_factory, tmp_path, use_server
+):
+    """A trusted certificate that does not name the host is refused unless told otherwise."""
+    certs = make_certificates(tmp_path, server_names=("redis.example",))
+    server = redis_factory(tls=certs)
+    use_server(server, SSL_CA_CERTS=str(certs["ca"]))
+    with pytest.raises(SessionStoreUnavailable, match=r"mismatch, certificate is not valid"):
+        round_trip()
+    use_server(server, SSL_CA_CERTS=str(certs["ca"]), SSL_CHECK_HOSTNAME=False)
+    assert round_trip() == "ok"
+
+
 @pytest.fixture
 def acl_server(redis_factory, tmp_path):
     acl = tmp_path / "users.acl"

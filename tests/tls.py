@@ -27,8 +27,17 @@ def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) 
     )
 
 
-def make_certificates(directory: Path) -> dict[str, Path]:
-    """Write ca.crt, server.crt/.key (for 127.0.0.1) and client.crt/.key."""
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def make_certificates(
+    directory: Path, server_names: tuple[str, ...] = ("localhost", "127.0.0.1")
+) -> dict[str, Path]:
+    """Write ca.crt, server.crt/.key (naming ``server_names``) and client.crt/.key."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
@@ -77,9 +86,7 @@ def make_certificates(directory: Path) -> dict[str, Path]:
         )
         if role == "server":
             builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
+                x509.SubjectAlternativeName([_san(name) for name in server_names]),
                 critical=False,
             )
         _write(directory / role, key, builder.sign(ca_key, hashes.SHA256()))
