@@ -400,3 +400,44 @@ def test_login_and_logout_rebuild_an_index_key_of_the_wrong_type(r):
     session.flush()
     assert r.exists(user_index_redis_key("42")) == 0
     assert r.exists(redis_key_of(key)) == 0
+
+
+def test_logout_of_a_loaded_session_is_one_round_trip(r):
+    """flush() of a loaded, signed-in session deletes it and its index entry at once."""
+    login(saved(), "1")  # scripts loaded, connections open
+    key = saved(a=1).session_key
+    login(SessionStore(key), "42")
+    session = SessionStore(key)
+    assert session[SESSION_KEY] == "42"
+    with count_round_trips() as logout:
+        session.flush()
+    assert logout.count == 1
+    assert r.exists(redis_key_of(key)) == 0
+    assert r.exists(user_index_redis_key("42")) == 0
+
+
+def test_delete_fixes_the_index_of_the_owner_the_store_names(r):
+    """If another request switched the user meanwhile, the real owner's index is fixed."""
+    key = saved(a=1).session_key
+    login(SessionStore(key), "1")
+    stale = SessionStore(key)
+    assert stale[SESSION_KEY] == "1"
+    login(SessionStore(key), "2")  # elsewhere: the session now belongs to user 2
+    stale.flush()
+    assert r.exists(redis_key_of(key)) == 0
+    assert index_members(r, "1") == set()
+    assert index_members(r, "2") == set()
+
+
+async def test_async_logout_of_a_loaded_session_is_one_round_trip(r):
+    """The async flush does the same in one round trip."""
+    login(saved(), "1")
+    key = saved(a=1).session_key
+    login(SessionStore(key), "42")
+    session = SessionStore(key)
+    assert await session.aget(SESSION_KEY) == "42"
+    await SessionStore().aexists("x" * 32)  # open the async connection
+    with count_round_trips() as logout:
+        await session.aflush()
+    assert logout.count == 1
+    assert r.exists(user_index_redis_key("42")) == 0

@@ -467,22 +467,31 @@ class ElasticSessionBase(SessionBase):
         if sid == self.storage_id:
             self._stored_fields, self._meta = {}, None
 
-    def _delete_sid(self, sid: StorageId) -> None:
+    def _known_owner(self, sid: StorageId) -> str | None:
+        """The owner of ``sid`` as this instance loaded it (None: not known)."""
+        return self._owner(self._stored_fields) if sid == self.storage_id else None
+
+    # The index entry is removed in the delete's round trip when the owner is
+    # known; when the store names another owner (a user switch elsewhere), that
+    # user's index is fixed in one more.
+    def _delete_sid(self, sid: StorageId, expected_owner: str | None = None) -> None:
+        expected_owner = expected_owner or self._known_owner(sid)
         self._forget_if_own(sid)
         try:
-            result = self.storage.delete(sid)
+            result = self.storage.delete(sid, expected_owner)
             owner = self._owner_of(result.owner_field, result.owner_value)
-            if owner is not None:
+            if owner is not None and owner != expected_owner:
                 self.storage.update_index(owner, None, 0, [sid])
         except SessionStoreUnavailable as err:
             raise self._unavailable(err) from err.__cause__
 
-    async def _adelete_sid(self, sid: StorageId) -> None:
+    async def _adelete_sid(self, sid: StorageId, expected_owner: str | None = None) -> None:
+        expected_owner = expected_owner or self._known_owner(sid)
         self._forget_if_own(sid)
         try:
-            result = await self.storage.adelete(sid)
+            result = await self.storage.adelete(sid, expected_owner)
             owner = self._owner_of(result.owner_field, result.owner_value)
-            if owner is not None:
+            if owner is not None and owner != expected_owner:
                 await self.storage.aupdate_index(owner, None, 0, [sid])
         except SessionStoreUnavailable as err:
             raise self._unavailable(err) from err.__cause__
@@ -500,19 +509,21 @@ class ElasticSessionBase(SessionBase):
         """Move the data to a new key: create it, then delete the old (no RENAME)."""
         data = self._session
         old_sid = self.storage_id
+        old_owner = self._owner(self._stored_fields)
         self.create()
         self._session_cache = data
         if old_sid is not None:
-            self._delete_sid(old_sid)
+            self._delete_sid(old_sid, old_owner)
             session_rotated.send(type(self), old_storage_id=old_sid, storage_id=self.storage_id)
 
     async def acycle_key(self) -> None:
         data = await self._aget_session()
         old_sid = self.storage_id
+        old_owner = self._owner(self._stored_fields)
         await self.acreate()
         self._session_cache = data
         if old_sid is not None:
-            await self._adelete_sid(old_sid)
+            await self._adelete_sid(old_sid, old_owner)
             await session_rotated.asend(
                 type(self), old_storage_id=old_sid, storage_id=self.storage_id
             )

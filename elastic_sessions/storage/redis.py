@@ -151,17 +151,26 @@ class RedisSessionStorage:
         return result
 
     # -- delete -------------------------------------------------------------
-    def delete(self, sid: StorageId) -> DeleteResult:
+    # A caller that knows the session's owner (it loaded the session) names it,
+    # and the index entry goes in the same round trip; the reply still says who
+    # the owner really was, for the caller to check.
+    def delete(self, sid: StorageId, expected_owner: str | None = None) -> DeleteResult:
         with translate_outages("delete a session"):
-            reply = delete_script(get_client(), [session_redis_key(sid)], self.owner_fields)
-        return _parse_delete(reply)
+            replies = run_pipeline(get_client(), self._delete_calls(sid, expected_owner))
+        return _parse_delete(replies[0])
 
-    async def adelete(self, sid: StorageId) -> DeleteResult:
+    async def adelete(self, sid: StorageId, expected_owner: str | None = None) -> DeleteResult:
         with translate_outages("delete a session"):
-            reply = await delete_script.acall(
-                get_async_client(), [session_redis_key(sid)], self.owner_fields
+            replies = await arun_pipeline(
+                get_async_client(), self._delete_calls(sid, expected_owner)
             )
-        return _parse_delete(reply)
+        return _parse_delete(replies[0])
+
+    def _delete_calls(self, sid: StorageId, expected_owner: str | None) -> list[ScriptCall]:
+        calls: list[ScriptCall] = [(delete_script, [session_redis_key(sid)], self.owner_fields)]
+        if expected_owner is not None:
+            calls.append(_index_call(expected_owner, None, 0, [sid]))
+        return calls
 
     def delete_if_owned(self, sid: StorageId, owner: tuple[bytes, bytes]) -> bool:
         with translate_outages("revoke a session"):
