@@ -163,7 +163,12 @@ class Settings:
 
     @cached_property
     def KEY_PREFIX(self) -> str:
-        return self._optional_str("KEY_PREFIX") or str(DEFAULTS["KEY_PREFIX"])
+        value = self._optional_str("KEY_PREFIX")
+        if value == "":
+            # Not silently the default: an empty prefix would mix sessions
+            # with whatever else the database holds.
+            raise ImproperlyConfigured("ELASTIC_SESSIONS['KEY_PREFIX'] must not be empty.")
+        return value or str(DEFAULTS["KEY_PREFIX"])
 
     @cached_property
     def STORAGE_ID_SECRET(self) -> str:
