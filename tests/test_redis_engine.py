@@ -3,6 +3,7 @@ expiry, the user index and what is stored."""
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 
@@ -441,3 +442,17 @@ async def test_async_logout_of_a_loaded_session_is_one_round_trip(r):
         await session.aflush()
     assert logout.count == 1
     assert r.exists(user_index_redis_key("42")) == 0
+
+
+def test_huge_timeouts_are_capped_not_wrapped(r, settings):
+    """Idle timeouts and deadlines past 2106 are stored as the largest value, not wrapped."""
+    settings.ELASTIC_SESSIONS = {**settings.ELASTIC_SESSIONS, "ABSOLUTE_TIMEOUT": 10**10}
+    session = SessionStore()
+    session.set_expiry(10**10)
+    session["a"] = 1
+    session.save()
+    meta = r.hget(redis_key_of(session.session_key), b"\x00")
+    _, deadline, idle = struct.unpack(">III", meta)
+    assert deadline == idle == 2**32 - 1
+    assert r.ttl(redis_key_of(session.session_key)) > 10**9
+    assert SessionStore(session.session_key)["a"] == 1

@@ -107,7 +107,9 @@ else
   created = math.floor(now / 1000)
   deadline = created + tonumber(ARGV[3])
 end
-local idle = tonumber(ARGV[2])
+-- The metadata holds unsigned 32-bit seconds: later than 2106 means "never".
+local idle = math.min(tonumber(ARGV[2]), 4294967295)
+deadline = math.min(deadline, 4294967295)
 local expires = deadline
 local fixed = tonumber(ARGV[4])
 if fixed > 0 and fixed < expires then expires = fixed end
