@@ -11,6 +11,8 @@ from django.test import AsyncClient, Client
 from elastic_sessions.backends.redis import SessionStore
 from elastic_sessions.exceptions import SessionStoreUnavailable
 
+from .contract import redis_key_of
+
 COOKIE = settings.SESSION_COOKIE_NAME
 
 
@@ -148,3 +150,59 @@ def test_paused_redis_times_out_quickly_with_503(redis_factory, use_server):
     assert elapsed < 1.0
     time.sleep(1.6)
     assert client.get("/get/a/").json() == {"value": "1"}
+
+
+def due_for_a_touch(server):
+    """A saved session whose TTL has run down far enough for the next load to slide it."""
+    session = SessionStore()
+    session["a"] = 1
+    session.save()
+    key = redis_key_of(session.session_key)
+    server.client().pexpire(key, 5_000)
+    return session.session_key, key
+
+
+def test_a_touch_in_flight_survives_a_restart(durable_redis):
+    """A touch sent after a load, its reply unread, does not break the next request
+    when Redis restarts in between: the next call reconnects and works."""
+    session_key, key = due_for_a_touch(durable_redis)
+    loaded = SessionStore(session_key)
+    assert loaded["a"] == 1
+    assert loaded.touched_expiry_age is not None  # the touch was sent
+    durable_redis.kill()
+    durable_redis.start()
+    again = SessionStore(session_key)
+    assert again["a"] == 1
+    again["b"] = 2
+    again.save()
+    assert durable_redis.client().ttl(key) > 1000
+    assert SessionStore(session_key)["b"] == 2
+
+
+async def test_async_touch_in_flight_survives_a_restart(durable_redis):
+    """The async twin: an unread touch reply never desynchronises the connection."""
+    session_key, key = due_for_a_touch(durable_redis)
+    loaded = SessionStore(session_key)
+    assert await loaded.aget("a") == 1
+    assert loaded.touched_expiry_age is not None
+    durable_redis.kill()
+    durable_redis.start()
+    again = SessionStore(session_key)
+    assert await again.aget("a") == 1
+    await again.aset("b", 2)
+    await again.asave()
+    assert durable_redis.client().ttl(key) > 1000
+    assert await SessionStore(session_key).aget("b") == 2
+
+
+def test_touch_replies_are_read_before_the_next_command(elastic_redis):
+    """Many due touches in a row: every later reply lands where it belongs."""
+    keys = [due_for_a_touch(elastic_redis) for _ in range(5)]
+    for session_key, _ in keys:
+        assert SessionStore(session_key)["a"] == 1
+    for session_key, key in keys:
+        assert elastic_redis.client().ttl(key) > 1000
+        session = SessionStore(session_key)
+        session["a"] = 2
+        session.save()
+        assert SessionStore(session_key)["a"] == 2
