@@ -129,6 +129,84 @@ return {1, meta}
 """
 )
 
+# -- the hybrid engine's Redis copy -------------------------------------------
+# A copy carries the database version it mirrors in field \4.  A hash holding
+# only \4 is a *fence*: written where a copy is missing or out of step, it stops
+# any snapshot older than its version from being put back (a load that read the
+# database before a concurrent write), and loads treat it as a miss.
+
+# Mirror one durable write.
+# KEYS[1]: the session hash
+# ARGV[1]: 'c' (the write created the session) or 'u'
+# ARGV[2]: the version the database gave this write
+# ARGV[3]: the session's expiry, epoch ms (the database's, so both stores agree)
+# ARGV[4]: the metadata (12 bytes)
+# ARGV[5]: fence lifetime, ms
+# ARGV[6]: n, the number of fields to set; ARGV[7 .. 6+2n]: field, value pairs
+# ARGV[7+2n ..]: fields to remove
+# Returns 1 applied, 0 a newer copy or fence is there already, -1 the copy was
+# missing or out of step and is now a fence (the next load reads through).
+HYBRID_SAVE = (
+    "#!lua\n"
+    + _CHUNKED_CALL
+    + """
+local key = KEYS[1]
+local version = tonumber(ARGV[2])
+local stored = tonumber(redis.call('HGET', key, '\\4') or '0')
+if stored >= version then return 0 end
+local has_meta = redis.call('HEXISTS', key, '\\0') == 1
+local last_set = 6 + 2 * tonumber(ARGV[6])
+if ARGV[1] == 'c' or (has_meta and stored == version - 1) then
+  if ARGV[1] == 'c' then redis.call('DEL', key) end
+  if #ARGV > last_set then call_chunked('HDEL', key, ARGV, last_set + 1, #ARGV) end
+  if last_set > 6 then call_chunked('HSET', key, ARGV, 7, last_set) end
+  redis.call('HSET', key, '\\0', ARGV[4], '\\4', version)
+  redis.call('PEXPIREAT', key, ARGV[3])
+  return 1
+end
+redis.call('DEL', key)
+redis.call('HSET', key, '\\4', version)
+redis.call('PEXPIRE', key, ARGV[5])
+return -1
+"""
+)
+
+# Put a database snapshot into Redis after a miss, unless something at least as
+# new is there.
+# KEYS[1]: the session hash
+# ARGV[1]: the snapshot's version; ARGV[2]: its expiry, epoch ms; ARGV[3]: metadata
+# ARGV[4 ..]: field, value pairs
+# Returns 1 written, 0 refused (a copy of this version or newer, or a newer fence).
+REPOPULATE = (
+    "#!lua\n"
+    + _CHUNKED_CALL
+    + """
+local key = KEYS[1]
+local version = tonumber(ARGV[1])
+local stored = redis.call('HGET', key, '\\4')
+if stored then
+  local is_copy = redis.call('HEXISTS', key, '\\0') == 1
+  if tonumber(stored) > version or (is_copy and tonumber(stored) == version) then return 0 end
+end
+redis.call('DEL', key)
+if #ARGV >= 4 then call_chunked('HSET', key, ARGV, 4, #ARGV) end
+redis.call('HSET', key, '\\0', ARGV[3], '\\4', version)
+redis.call('PEXPIREAT', key, ARGV[2])
+return 1
+"""
+)
+
+# Replace a session's copy by a fence no snapshot can pass (the session was
+# deleted): a load that read the database just before the delete cannot put
+# the session back.
+# KEYS[1]: the session hash; ARGV[1]: fence lifetime, ms
+FENCE_DELETED = """#!lua flags=allow-oom
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '\\4', '9007199254740991')
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
 # Delete a session and report its owner, so the caller can fix the user index.
 # KEYS[1]: the session hash
 # ARGV: the field names the owner (user id) can be stored under
@@ -270,3 +348,6 @@ save_script = LuaScript(SAVE)
 delete_script = LuaScript(DELETE)
 delete_if_owned_script = LuaScript(DELETE_IF_OWNED)
 index_update_script = LuaScript(INDEX_UPDATE)
+hybrid_save_script = LuaScript(HYBRID_SAVE)
+repopulate_script = LuaScript(REPOPULATE)
+fence_deleted_script = LuaScript(FENCE_DELETED)

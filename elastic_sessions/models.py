@@ -1,0 +1,79 @@
+"""The durable copy of each session, for the hybrid engine.
+
+The layout mirrors the Redis hash: one row per session (its times, owner and a
+version) and one row per stored field, so a save writes only the fields that
+changed, as in Redis, and two requests that change different keys never
+overwrite each other's rows.  Field names and values are the very bytes Redis
+holds (see :mod:`elastic_sessions.codec`): a session moves between the stores
+without being decoded.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class DurableSession(models.Model):
+    """One session's durable row, under the same storage id as its Redis hash."""
+
+    storage_id = models.CharField(max_length=22, primary_key=True)
+    # Django's login() value as stored (a string), for per-user lookups; NULL
+    # when nobody is signed in (no user id is too odd to be one, "" included).
+    user_id = models.CharField(  # noqa: DJ001
+        max_length=255, null=True, blank=True, db_index=True
+    )
+    # Epoch seconds, as in the Redis metadata.
+    created = models.BigIntegerField()
+    deadline = models.BigIntegerField()
+    # Idle timeout in seconds; 0 for a fixed expiry that never slides.
+    idle = models.BigIntegerField()
+    # When the session ends unless it is used again (never past the deadline).
+    # Pure touches move it only when it would drift by more than
+    # DATABASE_TOUCH_DRIFT, so an unchanged request does not write here.
+    expires_at = models.BigIntegerField(db_index=True)
+    # Bumped by every write; Redis copies carry it, so a copy that missed a
+    # write is recognised and dropped instead of served.
+    version = models.BigIntegerField(default=1)
+
+    class Meta:
+        db_table = "elastic_sessions_session"
+        verbose_name = "durable session"
+
+    def __str__(self) -> str:
+        return self.storage_id
+
+
+class DurableSessionField(models.Model):
+    """One field of a session: a top-level session key's stored name and value."""
+
+    session = models.ForeignKey(
+        DurableSession, on_delete=models.CASCADE, related_name="fields", db_column="storage_id"
+    )
+    name = models.BinaryField(max_length=1024)
+    value = models.BinaryField()
+
+    class Meta:
+        db_table = "elastic_sessions_field"
+        constraints = [
+            models.UniqueConstraint(fields=["session", "name"], name="elastic_sessions_field_name")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.session_id}: {bytes(self.name)!r}"
+
+
+class RedisInvalidation(models.Model):
+    """A session written or deleted while Redis could not be reached.
+
+    Redis may still hold the session as it was before (a pause, a network
+    split): before Redis is trusted again, these copies are deleted there.
+    """
+
+    storage_id = models.CharField(max_length=22, primary_key=True)
+    queued_at = models.BigIntegerField(db_index=True)
+
+    class Meta:
+        db_table = "elastic_sessions_redis_invalidation"
+
+    def __str__(self) -> str:
+        return self.storage_id

@@ -1,0 +1,272 @@
+"""The durable copy of sessions in the database (the hybrid engine's ground truth).
+
+Rows mirror the Redis hash (see :mod:`elastic_sessions.models`), and a write
+applies the same delta as in Redis: changed fields are upserted, removed ones
+deleted, inside one transaction that starts by updating the session's own row.
+That first statement is what makes writes safe without a read-modify-write:
+
+* it takes the row's write lock (PostgreSQL) or the database's (SQLite) before
+  anything is read, so concurrent saves of one session queue up instead of
+  overwriting each other's fields, and SQLite never has to upgrade a read lock;
+* it matches no row when the session was deleted or has expired meanwhile, so a
+  save never resurrects a session (``status`` -1, Django's ``UpdateError``);
+* it bumps the session's ``version``, which the Redis copy carries: a Redis copy
+  that missed a write is recognised by its older version.
+
+Times are epoch seconds from this host's clock, as in the Redis metadata.  The
+async methods run the transactional work in Django's thread for database access
+(``sync_to_async``): Django's async ORM cannot open a transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.db import IntegrityError, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Least
+
+from ..codec import SessionMeta
+from ..keys import StorageId
+from ..models import DurableSession, DurableSessionField, RedisInvalidation
+from .redis import WritePlan
+
+# The metadata's unsigned 32-bit seconds (see storage.scripts.SAVE).
+_MAX_SECONDS = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class DurableRecord:
+    """A session as the database holds it."""
+
+    fields: dict[bytes, bytes]
+    meta: SessionMeta
+    expires_at: int
+    version: int
+    user_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DurableWrite:
+    """``status`` as for Redis: 1 written, 0 exists (create), -1 missing, -2 expired."""
+
+    status: int
+    meta: SessionMeta | None = None
+    expires_at: int = 0
+    version: int = 0
+
+
+def expiry_of(plan: WritePlan, deadline: int, now: int) -> int:
+    """When a session written under ``plan`` ends: the idle timeout from now (or
+    the fixed expiry), never past the absolute deadline."""
+    expires = min(deadline, _MAX_SECONDS)
+    if plan.fixed_expiry and plan.fixed_expiry < expires:
+        expires = plan.fixed_expiry
+    if plan.idle > 0:
+        expires = min(expires, now + min(plan.idle, _MAX_SECONDS))
+    return expires
+
+
+class DatabaseSessionStorage:
+    """Sessions in the database; one instance per engine class."""
+
+    # -- load ---------------------------------------------------------------
+    def load(self, sid: StorageId) -> DurableRecord | None:
+        """The live session under ``sid``, or None (missing or expired)."""
+        row = (
+            DurableSession.objects.filter(pk=sid, expires_at__gt=int(time.time()))
+            .values_list("created", "deadline", "idle", "expires_at", "version", "user_id")
+            .first()
+        )
+        if row is None:
+            return None
+        fields = DurableSessionField.objects.filter(session_id=sid).values_list("name", "value")
+        return _record(row, list(fields))
+
+    async def aload(self, sid: StorageId) -> DurableRecord | None:
+        row = await (
+            DurableSession.objects.filter(pk=sid, expires_at__gt=int(time.time()))
+            .values_list("created", "deadline", "idle", "expires_at", "version", "user_id")
+            .afirst()
+        )
+        if row is None:
+            return None
+        fields = [
+            item
+            async for item in DurableSessionField.objects.filter(session_id=sid).values_list(
+                "name", "value"
+            )
+        ]
+        return _record(row, fields)
+
+    def exists(self, sid: StorageId) -> bool:
+        return DurableSession.objects.filter(pk=sid, expires_at__gt=int(time.time())).exists()
+
+    async def aexists(self, sid: StorageId) -> bool:
+        return await DurableSession.objects.filter(
+            pk=sid, expires_at__gt=int(time.time())
+        ).aexists()
+
+    # -- write --------------------------------------------------------------
+    def write(
+        self, sid: StorageId, plan: WritePlan, *, owner: str | None, invalidate_redis: bool
+    ) -> DurableWrite:
+        """Apply ``plan`` durably.  ``owner`` is the session's user after the write;
+        ``invalidate_redis`` queues the Redis copy for deletion (Redis unreachable)."""
+        now = int(time.time())
+        with transaction.atomic():
+            result = (
+                _create(sid, plan, owner, now) if plan.create else _update(sid, plan, owner, now)
+            )
+            if result.status == 1:
+                _apply_fields(sid, plan)
+                if invalidate_redis:
+                    _queue_invalidation(sid, now)
+        return result
+
+    async def awrite(
+        self, sid: StorageId, plan: WritePlan, *, owner: str | None, invalidate_redis: bool
+    ) -> DurableWrite:
+        return await sync_to_async(self.write)(
+            sid, plan, owner=owner, invalidate_redis=invalidate_redis
+        )
+
+    def touch(self, sid: StorageId, expires_at: int) -> bool:
+        """Move a session's expiry forward (never back, never past its deadline)."""
+        return bool(
+            DurableSession.objects.filter(pk=sid, expires_at__lt=expires_at).update(
+                expires_at=Least(F("deadline"), Value(expires_at))
+            )
+        )
+
+    async def atouch(self, sid: StorageId, expires_at: int) -> bool:
+        return bool(
+            await DurableSession.objects.filter(pk=sid, expires_at__lt=expires_at).aupdate(
+                expires_at=Least(F("deadline"), Value(expires_at))
+            )
+        )
+
+    # -- delete -------------------------------------------------------------
+    def delete(self, sid: StorageId, *, invalidate_redis: bool) -> str | None:
+        """Delete the session; returns who owned it (None: nobody, or no session)."""
+        with transaction.atomic():
+            owner = DurableSession.objects.filter(pk=sid).values_list("user_id", flat=True).first()
+            DurableSession.objects.filter(pk=sid).delete()
+            if invalidate_redis:
+                _queue_invalidation(sid, int(time.time()))
+        return owner
+
+    async def adelete(self, sid: StorageId, *, invalidate_redis: bool) -> str | None:
+        return await sync_to_async(self.delete)(sid, invalidate_redis=invalidate_redis)
+
+    # -- Redis reconciliation -----------------------------------------------
+    def queued_invalidations(self, limit: int) -> list[StorageId]:
+        """Sessions whose Redis copy must go before Redis is trusted again."""
+        ids = RedisInvalidation.objects.order_by("queued_at").values_list("storage_id", flat=True)
+        return [StorageId(sid) for sid in ids[:limit]]
+
+    def forget_invalidations(self, sids: Sequence[StorageId], queued_before: int) -> None:
+        """Drop queue entries handled; an entry queued again since stays."""
+        RedisInvalidation.objects.filter(pk__in=sids, queued_at__lt=queued_before).delete()
+
+    def purge_expired(self, now: int, batch_size: int) -> int:
+        """Delete up to ``batch_size`` ended sessions; returns how many."""
+        ids = list(
+            DurableSession.objects.filter(expires_at__lte=now).values_list("pk", flat=True)[
+                :batch_size
+            ]
+        )
+        if not ids:
+            return 0
+        DurableSession.objects.filter(pk__in=ids, expires_at__lte=now).delete()
+        return len(ids)
+
+
+# BinaryField values come back as bytes or memoryview, by database.
+_Stored = bytes | memoryview
+
+
+def _record(
+    row: tuple[int, int, int, int, int, str | None], fields: list[tuple[_Stored, _Stored]]
+) -> DurableRecord:
+    created, deadline, idle, expires_at, version, user_id = row
+    return DurableRecord(
+        fields={bytes(name): bytes(value) for name, value in fields},
+        meta=SessionMeta(created, deadline, idle),
+        expires_at=expires_at,
+        version=version,
+        user_id=user_id,
+    )
+
+
+def _create(sid: StorageId, plan: WritePlan, owner: str | None, now: int) -> DurableWrite:
+    inherited = plan.inherited_meta
+    created = inherited.created if inherited else now
+    deadline = inherited.deadline if inherited else now + plan.absolute
+    expires_at = expiry_of(plan, deadline, now)
+    if expires_at <= now:
+        return DurableWrite(-2)
+    idle = min(plan.idle, _MAX_SECONDS)
+    try:
+        # A savepoint: a collision must not abort the surrounding transaction.
+        with transaction.atomic():
+            DurableSession.objects.create(
+                storage_id=sid,
+                user_id=owner,
+                created=created,
+                deadline=min(deadline, _MAX_SECONDS),
+                idle=idle,
+                expires_at=expires_at,
+                version=1,
+            )
+    except IntegrityError:
+        return DurableWrite(0)
+    meta = SessionMeta(created, min(deadline, _MAX_SECONDS), idle)
+    return DurableWrite(1, meta, expires_at, 1)
+
+
+def _update(sid: StorageId, plan: WritePlan, owner: str | None, now: int) -> DurableWrite:
+    live = DurableSession.objects.filter(pk=sid, expires_at__gt=now)
+    idle = min(plan.idle, _MAX_SECONDS)
+    # The new expiry from the row's own deadline, in the same statement that
+    # locks the row: nothing is read before the lock is held.
+    expires = Least(F("deadline"), Value(now + idle if idle > 0 else _MAX_SECONDS))
+    if plan.fixed_expiry:
+        expires = Least(expires, Value(plan.fixed_expiry))
+    if not live.update(version=F("version") + 1, idle=idle, user_id=owner, expires_at=expires):
+        return DurableWrite(-1)
+    created, deadline, expires_at, version = DurableSession.objects.values_list(
+        "created", "deadline", "expires_at", "version"
+    ).get(pk=sid)
+    if expires_at <= now:
+        # The fixed expiry has passed: the write ends the session instead.
+        DurableSession.objects.filter(pk=sid).delete()
+        return DurableWrite(-2)
+    return DurableWrite(1, SessionMeta(created, deadline, idle), expires_at, version)
+
+
+def _apply_fields(sid: StorageId, plan: WritePlan) -> None:
+    if plan.deletes:
+        DurableSessionField.objects.filter(session_id=sid, name__in=plan.deletes).delete()
+    if plan.sets:
+        DurableSessionField.objects.bulk_create(
+            [
+                DurableSessionField(session_id=sid, name=name, value=value)
+                for name, value in plan.sets.items()
+            ],
+            update_conflicts=True,
+            unique_fields=["session", "name"],
+            update_fields=["value"],
+        )
+
+
+def _queue_invalidation(sid: StorageId, now: int) -> None:
+    RedisInvalidation.objects.bulk_create(
+        [RedisInvalidation(storage_id=sid, queued_at=now)],
+        update_conflicts=True,
+        unique_fields=["storage_id"],
+        update_fields=["queued_at"],
+    )
