@@ -19,7 +19,8 @@ Field names:
 * ``\\x00``: the metadata field (created, absolute deadline, idle seconds).
 * ``\\x01`` + key: a raw UTF-8 string value.
 * ``\\x03`` + key: a zlib-compressed serialized value.
-* ``\\x02`` + key: a serialized value whose key itself starts with ``\\x00``-``\\x03``.
+* ``\\x02`` + key: a serialized value whose key itself starts with ``\\x00``-``\\x07``.
+* ``\\x04``, ``\\x05``: the hybrid engine's version and durable expiry (its Redis copy only).
 * key: a serialized value.
 """
 
@@ -41,6 +42,10 @@ RAW_STR_MARK = b"\x01"
 ESCAPE_MARK = b"\x02"
 COMPRESSED_MARK = b"\x03"
 _MARKS = (RAW_STR_MARK, ESCAPE_MARK, COMPRESSED_MARK)
+# Field names starting with a byte up to this one are the package's own (the
+# metadata, marks, and the hybrid engine's version and durable expiry fields
+# \x04 and \x05); a session key that starts so is stored escaped.
+_LAST_RESERVED = b"\x07"
 _META_FORMAT = struct.Struct(">III")
 # Level 1: most of the size win of zlib's default for a fraction of its time.
 _ZLIB_LEVEL = 1
@@ -109,7 +114,7 @@ def _name(key: str) -> bytes:
 def serialized_field(key: str) -> bytes:
     """The field name of ``key`` when its value goes through the serializer."""
     name = _name(key)
-    return ESCAPE_MARK + name if name and name[:1] <= COMPRESSED_MARK else name
+    return ESCAPE_MARK + name if name and name[:1] <= _LAST_RESERVED else name
 
 
 # Field names repeat across requests (the same few keys in every session), so
