@@ -14,6 +14,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
 ]
 ROOT_URLCONF = "tests.urls"
+# Under `pytest --database=postgres`, conftest points "default" at a throwaway PostgreSQL.
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 SESSION_ENGINE = "elastic_sessions.backends.redis"
 # The redis_server fixture points REDIS_URL at a throwaway server per test run.
