@@ -47,6 +47,9 @@ DEFAULTS: dict[str, object] = {
     "TOUCH_INTERVAL": 60,
     # Seconds a client is told to wait by the 503 sent while Redis is down.
     "RETRY_AFTER": 5,
+    # Hybrid engine: once Redis fails, one request per this many seconds (per
+    # process) probes it; every other request goes straight to the database.
+    "BREAKER_PROBE_INTERVAL": 2.0,
     # Serialized values of this many bytes or more are stored zlib-compressed
     # (when that saves an eighth or more).  0 turns compression off.
     "COMPRESS_MIN_BYTES": 256,
@@ -186,6 +189,10 @@ class Settings:
     @cached_property
     def RETRY_AFTER(self) -> int:
         return self._int("RETRY_AFTER")
+
+    @cached_property
+    def BREAKER_PROBE_INTERVAL(self) -> float:
+        return self._number("BREAKER_PROBE_INTERVAL")
 
     @cached_property
     def COMPRESS_MIN_BYTES(self) -> int:

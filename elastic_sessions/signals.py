@@ -8,5 +8,8 @@ session_created = Signal()
 session_rotated = Signal()
 # Sessions were ended through elastic_sessions.api.  Args: user_id, storage_ids.
 session_revoked = Signal()
-# The store failed a request (the redis engine answers 503).  Args: error.
+# The store failed: the middleware answered 503 (args: error), or a circuit
+# breaker opened (args: name, error).
 store_degraded = Signal()
+# A circuit breaker closed: the store answered a probe again.  Args: name, downtime.
+store_recovered = Signal()
