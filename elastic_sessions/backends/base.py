@@ -33,9 +33,9 @@ from ..exceptions import CorruptSessionData, SessionStoreUnavailable
 from ..keys import SESSION_KEY_LENGTH, StorageId, is_valid_session_key, storage_id
 from ..session_data import SessionData, session_data_from_fields
 from ..signals import session_created, session_rotated
+from ..storage.interface import SessionStorage
 from ..storage.redis import (
     IndexChange,
-    RedisSessionStorage,
     StoredSession,
     WritePlan,
     WriteResult,
@@ -103,9 +103,9 @@ def is_expired(idle: int, fixed_expiry: int, now: float) -> bool:
 
 
 class ElasticSessionBase(SessionBase):
-    """Django's ``SessionBase`` over a :class:`RedisSessionStorage`-like storage."""
+    """Django's ``SessionBase`` over a storage (see ``storage.interface.SessionStorage``)."""
 
-    storage: ClassVar[RedisSessionStorage]
+    storage: ClassVar[SessionStorage]
 
     if TYPE_CHECKING:  # Django's private helpers, which django-stubs does not declare
         _session: dict[str, Any]

@@ -111,16 +111,12 @@ class DatabaseSessionStorage:
         ).aexists()
 
     # -- write --------------------------------------------------------------
-    def write(
-        self, sid: StorageId, plan: WritePlan, *, owner: str | None, invalidate_redis: bool
-    ) -> DurableWrite:
-        """Apply ``plan`` durably.  ``owner`` is the session's user after the write;
+    def write(self, sid: StorageId, plan: WritePlan, *, invalidate_redis: bool) -> DurableWrite:
+        """Apply ``plan`` durably (its index change sets the row's user);
         ``invalidate_redis`` queues the Redis copy for deletion (Redis unreachable)."""
         now = int(time.time())
         with transaction.atomic():
-            result = (
-                _create(sid, plan, owner, now) if plan.create else _update(sid, plan, owner, now)
-            )
+            result = _create(sid, plan, now) if plan.create else _update(sid, plan, now)
             if result.status == 1:
                 _apply_fields(sid, plan)
                 if invalidate_redis:
@@ -128,11 +124,13 @@ class DatabaseSessionStorage:
         return result
 
     async def awrite(
-        self, sid: StorageId, plan: WritePlan, *, owner: str | None, invalidate_redis: bool
+        self, sid: StorageId, plan: WritePlan, *, invalidate_redis: bool
     ) -> DurableWrite:
-        return await sync_to_async(self.write)(
-            sid, plan, owner=owner, invalidate_redis=invalidate_redis
-        )
+        return await sync_to_async(self.write)(sid, plan, invalidate_redis=invalidate_redis)
+
+    def queue_invalidation(self, sid: StorageId) -> None:
+        """Queue the session's Redis copy for deletion (a Redis write failed)."""
+        _queue_invalidation(sid, int(time.time()))
 
     def touch(self, sid: StorageId, expires_at: int) -> bool:
         """Move a session's expiry forward (never back, never past its deadline)."""
@@ -202,7 +200,7 @@ def _record(
     )
 
 
-def _create(sid: StorageId, plan: WritePlan, owner: str | None, now: int) -> DurableWrite:
+def _create(sid: StorageId, plan: WritePlan, now: int) -> DurableWrite:
     inherited = plan.inherited_meta
     created = inherited.created if inherited else now
     deadline = inherited.deadline if inherited else now + plan.absolute
@@ -215,7 +213,7 @@ def _create(sid: StorageId, plan: WritePlan, owner: str | None, now: int) -> Dur
         with transaction.atomic():
             DurableSession.objects.create(
                 storage_id=sid,
-                user_id=owner,
+                user_id=plan.index.add_user if plan.index else None,
                 created=created,
                 deadline=min(deadline, _MAX_SECONDS),
                 idle=idle,
@@ -228,7 +226,7 @@ def _create(sid: StorageId, plan: WritePlan, owner: str | None, now: int) -> Dur
     return DurableWrite(1, meta, expires_at, 1)
 
 
-def _update(sid: StorageId, plan: WritePlan, owner: str | None, now: int) -> DurableWrite:
+def _update(sid: StorageId, plan: WritePlan, now: int) -> DurableWrite:
     live = DurableSession.objects.filter(pk=sid, expires_at__gt=now)
     idle = min(plan.idle, _MAX_SECONDS)
     # The new expiry from the row's own deadline, in the same statement that
@@ -236,7 +234,10 @@ def _update(sid: StorageId, plan: WritePlan, owner: str | None, now: int) -> Dur
     expires = Least(F("deadline"), Value(now + idle if idle > 0 else _MAX_SECONDS))
     if plan.fixed_expiry:
         expires = Least(expires, Value(plan.fixed_expiry))
-    if not live.update(version=F("version") + 1, idle=idle, user_id=owner, expires_at=expires):
+    changes: dict[str, object] = {"version": F("version") + 1, "idle": idle, "expires_at": expires}
+    if plan.index is not None:  # a login, a logout or a user switch
+        changes["user_id"] = plan.index.add_user
+    if not live.update(**changes):
         return DurableWrite(-1)
     created, deadline, expires_at, version = DurableSession.objects.values_list(
         "created", "deadline", "expires_at", "version"

@@ -152,7 +152,10 @@ HYBRID_SAVE = (
     + """
 local key = KEYS[1]
 local version = tonumber(ARGV[2])
-local stored = tonumber(redis.call('HGET', key, '\\4') or '0')
+local found = redis.pcall('HGET', key, '\\4')
+-- Not a hash (corrupted data): drop it, as a copy out of step.
+if type(found) == 'table' then redis.call('DEL', key) found = false end
+local stored = tonumber(found or '0') or 0
 if stored >= version then return 0 end
 local has_meta = redis.call('HEXISTS', key, '\\0') == 1
 local last_set = 6 + 2 * tonumber(ARGV[6])
@@ -183,10 +186,12 @@ REPOPULATE = (
     + """
 local key = KEYS[1]
 local version = tonumber(ARGV[1])
+if redis.call('TYPE', key)['ok'] ~= 'hash' then redis.call('DEL', key) end
 local stored = redis.call('HGET', key, '\\4')
 if stored then
   local is_copy = redis.call('HEXISTS', key, '\\0') == 1
-  if tonumber(stored) > version or (is_copy and tonumber(stored) == version) then return 0 end
+  local seen = tonumber(stored) or 0
+  if seen > version or (is_copy and seen == version) then return 0 end
 end
 redis.call('DEL', key)
 if #ARGV >= 4 then call_chunked('HSET', key, ARGV, 4, #ARGV) end

@@ -1,0 +1,319 @@
+"""Redis first, the database behind it: the hybrid engine's storage.
+
+The database is the ground truth; Redis holds copies that are never newer than
+it and never served once known to be older:
+
+* a load reads Redis; a miss (or a fence) reads the database and puts the
+  snapshot back into Redis unless something at least as new is there already;
+* a save writes the database first (a versioned delta, refused for a session
+  deleted meanwhile), then mirrors the same delta into Redis, which applies it
+  only on top of the version just before; a copy out of step becomes a fence;
+* a delete removes the row, then leaves a fence in Redis, so a load that read
+  the database just before cannot put the session back;
+* while Redis fails, a per-process circuit breaker sends requests straight to
+  the database, and every write queues its session for invalidation; before the
+  breaker trusts Redis again, the queued copies are deleted there.  Any process
+  also drains the queue every few seconds, which bounds how long a process
+  that never saw the outage can serve a copy another process could not update.
+
+Every public method has an async twin; a database that cannot be reached raises
+``SessionStoreUnavailable`` (the middleware's 503), except that a load served
+from Redis does not need it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from asgiref.sync import sync_to_async
+from django.db import InterfaceError, OperationalError
+
+from ..breaker import BreakerState, CircuitBreaker, breaker_for
+from ..codec import SessionMeta
+from ..exceptions import CorruptSessionData, SessionStoreUnavailable
+from ..keys import StorageId
+from .database import DatabaseSessionStorage, DurableRecord, DurableWrite
+from .redis import DeleteResult, StoredSession, WritePlan, WriteResult
+from .redis_copy import CopyHit, RedisCopy
+
+logger = logging.getLogger(__name__)
+
+BREAKER_NAME = "redis"
+# Sessions reconciled per batch (one DEL each, in one round trip).
+_RECONCILE_BATCH = 500
+# How often a healthy process looks at the invalidation queue anyway.
+RECONCILE_INTERVAL = 5.0
+# A pure touch reaches the database when it moves the expiry by more than this
+# (and never by more than a quarter of the idle timeout).
+DATABASE_TOUCH_DRIFT = 600
+
+
+@contextmanager
+def database_outages(action: str) -> Iterator[None]:
+    """A database that cannot be reached is an outage (503), not a bug (500)."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as err:
+        raise SessionStoreUnavailable(
+            f"The database could not {action}: {type(err).__name__}: {err}"
+        ) from err
+
+
+class HybridStorage:
+    """The storage interface of the engines, over the database and Redis copies."""
+
+    owner_fields: tuple[bytes, ...] = ()
+
+    def __init__(self) -> None:
+        self.db = DatabaseSessionStorage()
+        self.copy = RedisCopy()
+        self._next_reconcile = 0.0
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return breaker_for(BREAKER_NAME)
+
+    # -- load ---------------------------------------------------------------
+    def load(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None:
+        breaker = self.breaker
+        use_redis = breaker.allow()
+        # The probe's own read happened before Redis was reconciled: not served.
+        probing = use_redis and breaker.state is not BreakerState.CLOSED
+        if use_redis:
+            self._reconcile_now_and_then()
+            try:
+                hit = self.copy.load(sid, touch_interval_ms)
+            except SessionStoreUnavailable as err:
+                breaker.record_failure(err)
+                use_redis = False
+            except CorruptSessionData as err:
+                logger.warning("Ignored unreadable Redis copy of session %s (%s).", sid, err)
+                hit = None
+            else:
+                use_redis = breaker.record_success(self.reconcile)
+                if use_redis and hit is not None and not probing:
+                    self._touch_durably(sid, hit)
+                    return hit.stored
+        with database_outages("load a session"):
+            record = self.db.load(sid)
+        if record is None:
+            return None
+        if use_redis:
+            try:
+                self.copy.repopulate(
+                    sid, record.fields, record.meta, record.version, record.expires_at
+                )
+            except SessionStoreUnavailable as err:
+                breaker.record_failure(err)
+        return _stored(record)
+
+    async def aload(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None:
+        breaker = self.breaker
+        use_redis = breaker.allow()
+        # The probe's own read happened before Redis was reconciled: not served.
+        probing = use_redis and breaker.state is not BreakerState.CLOSED
+        if use_redis:
+            await self._areconcile_now_and_then()
+            try:
+                hit = await self.copy.aload(sid, touch_interval_ms)
+            except SessionStoreUnavailable as err:
+                await breaker.arecord_failure(err)
+                use_redis = False
+            except CorruptSessionData as err:
+                logger.warning("Ignored unreadable Redis copy of session %s (%s).", sid, err)
+                hit = None
+            else:
+                use_redis = await breaker.arecord_success(self.areconcile)
+                if use_redis and hit is not None and not probing:
+                    await self._atouch_durably(sid, hit)
+                    return hit.stored
+        with database_outages("load a session"):
+            record = await self.db.aload(sid)
+        if record is None:
+            return None
+        if use_redis:
+            try:
+                await self.copy.arepopulate(
+                    sid, record.fields, record.meta, record.version, record.expires_at
+                )
+            except SessionStoreUnavailable as err:
+                await breaker.arecord_failure(err)
+        return _stored(record)
+
+    def _touch_durably(self, sid: StorageId, hit: CopyHit) -> None:
+        expires_at = _durable_touch_due(hit)
+        if expires_at is None:
+            return
+        try:
+            with database_outages("touch a session"):
+                self.db.touch(sid, expires_at)
+            self.copy.note_durable_expiry(sid, expires_at)
+        except SessionStoreUnavailable as err:
+            # The request has its session; the next due touch tries again.
+            logger.warning("Could not record a touch of session %s durably: %s", sid, err)
+
+    async def _atouch_durably(self, sid: StorageId, hit: CopyHit) -> None:
+        expires_at = _durable_touch_due(hit)
+        if expires_at is None:
+            return
+        try:
+            with database_outages("touch a session"):
+                await self.db.atouch(sid, expires_at)
+            await self.copy.anote_durable_expiry(sid, expires_at)
+        except SessionStoreUnavailable as err:
+            logger.warning("Could not record a touch of session %s durably: %s", sid, err)
+
+    # -- write --------------------------------------------------------------
+    def write(self, sid: StorageId, plan: WritePlan) -> WriteResult:
+        breaker = self.breaker
+        use_redis = breaker.allow()
+        with database_outages("save a session"):
+            durable = self.db.write(sid, plan, invalidate_redis=not use_redis)
+        if durable.status == 1 and use_redis:
+            try:
+                self.copy.write(sid, plan, *_mirror_args(durable))
+            except SessionStoreUnavailable as err:
+                breaker.record_failure(err)
+                self._queue_invalidation(sid)
+            else:
+                breaker.record_success(self.reconcile)
+        return WriteResult(durable.status, durable.meta)
+
+    async def awrite(self, sid: StorageId, plan: WritePlan) -> WriteResult:
+        breaker = self.breaker
+        use_redis = breaker.allow()
+        with database_outages("save a session"):
+            durable = await self.db.awrite(sid, plan, invalidate_redis=not use_redis)
+        if durable.status == 1 and use_redis:
+            try:
+                await self.copy.awrite(sid, plan, *_mirror_args(durable))
+            except SessionStoreUnavailable as err:
+                await breaker.arecord_failure(err)
+                await sync_to_async(self._queue_invalidation)(sid)
+            else:
+                await breaker.arecord_success(self.areconcile)
+        return WriteResult(durable.status, durable.meta)
+
+    def _queue_invalidation(self, sid: StorageId) -> None:
+        # The durable write happened but its Redis copy may be stale now.
+        with database_outages("queue a Redis invalidation"):
+            self.db.queue_invalidation(sid)
+
+    # -- delete -------------------------------------------------------------
+    def delete(self, sid: StorageId, expected_owner: str | None = None) -> DeleteResult:
+        breaker = self.breaker
+        use_redis = breaker.allow()
+        with database_outages("delete a session"):
+            owner = self.db.delete(sid, invalidate_redis=not use_redis)
+        if use_redis:
+            try:
+                self.copy.fence_deleted(sid)
+            except SessionStoreUnavailable as err:
+                breaker.record_failure(err)
+                self._queue_invalidation(sid)
+            else:
+                breaker.record_success(self.reconcile)
+        # The owner's index is the database's user_id column: nothing to fix.
+        return DeleteResult(owner is not None, None, None)
+
+    async def adelete(self, sid: StorageId, expected_owner: str | None = None) -> DeleteResult:
+        breaker = self.breaker
+        use_redis = breaker.allow()
+        with database_outages("delete a session"):
+            owner = await self.db.adelete(sid, invalidate_redis=not use_redis)
+        if use_redis:
+            try:
+                await self.copy.afence_deleted(sid)
+            except SessionStoreUnavailable as err:
+                await breaker.arecord_failure(err)
+                await sync_to_async(self._queue_invalidation)(sid)
+            else:
+                await breaker.arecord_success(self.areconcile)
+        return DeleteResult(owner is not None, None, None)
+
+    # -- exists and the per-user index ----------------------------------------
+    def exists(self, sid: StorageId) -> bool:
+        with database_outages("check a session"):
+            return self.db.exists(sid)
+
+    async def aexists(self, sid: StorageId) -> bool:
+        with database_outages("check a session"):
+            return await self.db.aexists(sid)
+
+    def update_index(
+        self, user_id: str, add: StorageId | None, deadline: int, remove: Sequence[StorageId] = ()
+    ) -> int:
+        # Each row's user_id is the index, kept by every write.
+        return 0
+
+    async def aupdate_index(
+        self, user_id: str, add: StorageId | None, deadline: int, remove: Sequence[StorageId] = ()
+    ) -> int:
+        return 0
+
+    # -- reconciliation -------------------------------------------------------
+    def reconcile(self) -> int:
+        """Delete the Redis copies of sessions written while Redis was unreachable.
+
+        Runs before the breaker trusts Redis again (a failure here keeps it open)
+        and every RECONCILE_INTERVAL seconds; returns how many copies went.
+        """
+        started = int(time.time())
+        dropped = 0
+        while True:
+            with database_outages("read the Redis invalidation queue"):
+                sids = self.db.queued_invalidations(_RECONCILE_BATCH)
+            if not sids:
+                return dropped
+            self.copy.drop(sids)
+            with database_outages("update the Redis invalidation queue"):
+                self.db.forget_invalidations(sids, queued_before=started + 1)
+            dropped += len(sids)
+            if len(sids) < _RECONCILE_BATCH:
+                return dropped
+
+    async def areconcile(self) -> int:
+        return await sync_to_async(self.reconcile)()
+
+    def _reconcile_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now < self._next_reconcile:
+            return
+        self._next_reconcile = now + RECONCILE_INTERVAL
+        try:
+            self.reconcile()
+        except SessionStoreUnavailable as err:
+            logger.warning("Could not reconcile Redis with the database: %s", err)
+
+    async def _areconcile_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now < self._next_reconcile:
+            return
+        self._next_reconcile = now + RECONCILE_INTERVAL
+        try:
+            await self.areconcile()
+        except SessionStoreUnavailable as err:
+            logger.warning("Could not reconcile Redis with the database: %s", err)
+
+
+def _stored(record: DurableRecord) -> StoredSession:
+    ttl_ms = max(0, record.expires_at * 1000 - int(time.time() * 1000))
+    return StoredSession(dict(record.fields), record.meta, ttl_ms)
+
+
+def _mirror_args(durable: DurableWrite) -> tuple[int, int, SessionMeta]:
+    assert durable.meta is not None  # a write that succeeded reports its metadata
+    return durable.version, durable.expires_at, durable.meta
+
+
+def _durable_touch_due(hit: CopyHit) -> int | None:
+    """The expiry to record durably after this load's touch, if it drifted enough."""
+    touched_ms = hit.stored.touched_ttl_ms
+    if touched_ms < 0:
+        return None
+    expires_at = int(time.time()) + touched_ms // 1000
+    drift = min(DATABASE_TOUCH_DRIFT, hit.stored.meta.idle // 4)
+    return expires_at if expires_at - hit.durable_expiry > drift else None
