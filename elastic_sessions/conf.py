@@ -50,6 +50,10 @@ DEFAULTS: dict[str, object] = {
     # Hybrid engine: once Redis fails, one request per this many seconds (per
     # process) probes it; every other request goes straight to the database.
     "BREAKER_PROBE_INTERVAL": 2.0,
+    # Hybrid engine: a load's touch reaches the database only once it would move
+    # the durable expiry by more than this many seconds (or a quarter of the
+    # idle timeout, if that is less), so unchanged requests do not write there.
+    "DATABASE_TOUCH_DRIFT": 600,
     # Serialized values of this many bytes or more are stored zlib-compressed
     # (when that saves an eighth or more).  0 turns compression off.
     "COMPRESS_MIN_BYTES": 256,
@@ -193,6 +197,10 @@ class Settings:
     @cached_property
     def BREAKER_PROBE_INTERVAL(self) -> float:
         return self._number("BREAKER_PROBE_INTERVAL")
+
+    @cached_property
+    def DATABASE_TOUCH_DRIFT(self) -> int:
+        return self._int("DATABASE_TOUCH_DRIFT", allow_zero=True)
 
     @cached_property
     def COMPRESS_MIN_BYTES(self) -> int:

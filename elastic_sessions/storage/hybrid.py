@@ -33,6 +33,7 @@ from django.db import InterfaceError, OperationalError
 
 from ..breaker import BreakerState, CircuitBreaker, breaker_for
 from ..codec import SessionMeta
+from ..conf import elastic_settings
 from ..exceptions import CorruptSessionData, SessionStoreUnavailable
 from ..keys import StorageId
 from .database import DatabaseSessionStorage, DurableRecord, DurableWrite
@@ -46,9 +47,6 @@ BREAKER_NAME = "redis"
 _RECONCILE_BATCH = 500
 # How often a healthy process looks at the invalidation queue anyway.
 RECONCILE_INTERVAL = 5.0
-# A pure touch reaches the database when it moves the expiry by more than this
-# (and never by more than a quarter of the idle timeout).
-DATABASE_TOUCH_DRIFT = 600
 
 
 @contextmanager
@@ -315,5 +313,7 @@ def _durable_touch_due(hit: CopyHit) -> int | None:
     if touched_ms < 0:
         return None
     expires_at = int(time.time()) + touched_ms // 1000
-    drift = min(DATABASE_TOUCH_DRIFT, hit.stored.meta.idle // 4)
+    # A pure touch reaches the database only past this drift, which is never
+    # more than a quarter of the idle timeout (a short idle needs a close copy).
+    drift = min(elastic_settings.DATABASE_TOUCH_DRIFT, hit.stored.meta.idle // 4)
     return expires_at if expires_at - hit.durable_expiry > drift else None
