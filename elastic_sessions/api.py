@@ -20,6 +20,7 @@ from django.utils.module_loading import import_string
 from .codec import codec_for
 from .keys import StorageId, is_valid_session_key, is_valid_storage_id, storage_id
 from .signals import session_revoked
+from .storage.hybrid import HybridStorage
 from .storage.redis import RedisSessionStorage, SessionSummary
 
 __all__ = [
@@ -45,10 +46,10 @@ class SessionInfo:
     is_current: bool
 
 
-def _storage() -> RedisSessionStorage:
+def _storage() -> RedisSessionStorage | HybridStorage:
     engine = import_module(settings.SESSION_ENGINE)
     storage = getattr(getattr(engine, "SessionStore", None), "storage", None)
-    if not isinstance(storage, RedisSessionStorage):
+    if not isinstance(storage, RedisSessionStorage | HybridStorage):
         raise ImproperlyConfigured(
             "elastic_sessions.api needs SESSION_ENGINE to be one of the elastic "
             f"engines, not {settings.SESSION_ENGINE!r}."

@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth import SESSION_KEY
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from elastic_sessions import api
 from elastic_sessions.backends.hybrid import SessionStore
 from elastic_sessions.breaker import BreakerState, breaker_for
 from elastic_sessions.keys import storage_id
@@ -224,3 +227,53 @@ async def test_async_outage_round_trip(durable_redis):
     durable_redis.start()
     wait_for_probe()
     assert await SessionStore(key).aget("a") == 2
+
+
+# -- elastic_sessions.api on the hybrid engine ------------------------------------
+@pytest.fixture
+def hybrid_engine(settings):
+    settings.SESSION_ENGINE = "elastic_sessions.backends.hybrid"
+
+
+def signed_in(user_id="42", **data):
+    session = SessionStore()
+    session.update({SESSION_KEY: user_id, **data})
+    session.save()
+    return session
+
+
+def test_api_lists_and_revokes_from_the_database(hybrid_engine, r):
+    """Listing reads the durable rows; revoking ends the session in both stores."""
+    first, second = signed_in(), signed_in()
+    signed_in("7")
+    infos = api.list_sessions("42", current_session_key=second.session_key)
+    assert infos[0].storage_id == storage_id(second.session_key)
+    assert {info.storage_id for info in infos} == {
+        storage_id(first.session_key),
+        storage_id(second.session_key),
+    }
+    assert not api.revoke_session("7", storage_id(first.session_key))
+    assert api.revoke_session("42", storage_id(first.session_key))
+    assert SessionStore(first.session_key).get(SESSION_KEY) is None
+    assert r.hkeys(redis_key_of(first.session_key)) == [VERSION_FIELD]  # a fence
+    assert api.revoke_user_sessions("42") == 1
+    assert api.list_sessions("42") == []
+    assert len(api.list_sessions("7")) == 1
+
+
+async def test_api_async_twins_on_the_hybrid_engine(hybrid_engine):
+    """alist_sessions and arevoke_user_sessions work on the durable rows too."""
+    await sync_to_async(signed_in)()
+    assert len(await api.alist_sessions("42")) == 1
+    assert await api.arevoke_user_sessions("42") == 1
+    assert await api.alist_sessions("42") == []
+
+
+def test_api_revokes_while_redis_is_down(hybrid_engine, durable_redis):
+    """Log out everywhere works during an outage, and stays done after it."""
+    session = signed_in()
+    durable_redis.kill()
+    assert api.revoke_user_sessions("42") == 1
+    durable_redis.start()
+    wait_for_probe()
+    assert SessionStore(session.session_key).get(SESSION_KEY) is None

@@ -160,6 +160,44 @@ class DatabaseSessionStorage:
     async def adelete(self, sid: StorageId, *, invalidate_redis: bool) -> str | None:
         return await sync_to_async(self.delete)(sid, invalidate_redis=invalidate_redis)
 
+    def delete_owned(
+        self, sids: Sequence[StorageId], user_id: str, *, invalidate_redis: bool
+    ) -> list[StorageId]:
+        """Delete those of ``sids`` that belong to ``user_id``; returns them."""
+        with transaction.atomic():
+            owned = [
+                StorageId(sid)
+                for sid in DurableSession.objects.filter(pk__in=sids, user_id=user_id)
+                .select_for_update()
+                .values_list("pk", flat=True)
+            ]
+            DurableSession.objects.filter(pk__in=owned, user_id=user_id).delete()
+            if invalidate_redis:
+                now = int(time.time())
+                for sid in owned:
+                    _queue_invalidation(sid, now)
+        return owned
+
+    async def adelete_owned(
+        self, sids: Sequence[StorageId], user_id: str, *, invalidate_redis: bool
+    ) -> list[StorageId]:
+        return await sync_to_async(self.delete_owned)(
+            sids, user_id, invalidate_redis=invalidate_redis
+        )
+
+    def user_sessions(self, user_id: str) -> list[tuple[StorageId, SessionMeta, int]]:
+        """``(storage id, metadata, expires_at)`` of the user's live sessions."""
+        rows = DurableSession.objects.filter(
+            user_id=user_id, expires_at__gt=int(time.time())
+        ).values_list("pk", "created", "deadline", "idle", "expires_at")
+        return [
+            (StorageId(pk), SessionMeta(created, deadline, idle), expires_at)
+            for pk, created, deadline, idle, expires_at in rows
+        ]
+
+    async def auser_sessions(self, user_id: str) -> list[tuple[StorageId, SessionMeta, int]]:
+        return await sync_to_async(self.user_sessions)(user_id)
+
     # -- Redis reconciliation -----------------------------------------------
     def queued_invalidations(self, limit: int) -> list[StorageId]:
         """Sessions whose Redis copy must go before Redis is trusted again."""

@@ -29,15 +29,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from django.utils.module_loading import import_string
 
 from ..breaker import BreakerState, CircuitBreaker, breaker_for
-from ..codec import SessionMeta
+from ..codec import SessionMeta, codec_for
 from ..conf import elastic_settings
 from ..exceptions import CorruptSessionData, SessionStoreUnavailable
 from ..keys import StorageId
 from .database import DatabaseSessionStorage, DurableRecord, DurableWrite
-from .redis import DeleteResult, StoredSession, WritePlan, WriteResult
+from .redis import DeleteResult, SessionSummary, StoredSession, WritePlan, WriteResult
 from .redis_copy import CopyHit, RedisCopy
 
 logger = logging.getLogger(__name__)
@@ -252,6 +254,74 @@ class HybridStorage:
     ) -> int:
         return 0
 
+    # -- per-user listing and revoking (elastic_sessions.api) ---------------
+    def user_sessions(
+        self, user_id: str, *, drop_broken_index: bool = False
+    ) -> list[SessionSummary]:
+        with database_outages("list a user's sessions"):
+            return _summaries(self.db.user_sessions(user_id))
+
+    async def auser_sessions(
+        self, user_id: str, *, drop_broken_index: bool = False
+    ) -> list[SessionSummary]:
+        with database_outages("list a user's sessions"):
+            return _summaries(await self.db.auser_sessions(user_id))
+
+    def delete_if_owned(self, sid: StorageId, owner: tuple[bytes, bytes]) -> bool:
+        return bool(self.delete_all_if_owned([sid], owner))
+
+    async def adelete_if_owned(self, sid: StorageId, owner: tuple[bytes, bytes]) -> bool:
+        return bool(await self.adelete_all_if_owned([sid], owner))
+
+    def delete_all_if_owned(
+        self, sids: Sequence[StorageId], owner: tuple[bytes, bytes]
+    ) -> list[StorageId]:
+        if not sids:
+            return []
+        breaker = self.breaker
+        use_redis = breaker.allow()
+        with database_outages("revoke sessions"):
+            ended = self.db.delete_owned(sids, _user_of(owner), invalidate_redis=not use_redis)
+        if use_redis and ended:
+            try:
+                self.copy.fence_deleted_many(ended)
+            except SessionStoreUnavailable as err:
+                breaker.record_failure(err)
+                for sid in ended:
+                    self._queue_invalidation(sid)
+            else:
+                breaker.record_success(self.reconcile)
+        return ended
+
+    async def adelete_all_if_owned(
+        self, sids: Sequence[StorageId], owner: tuple[bytes, bytes]
+    ) -> list[StorageId]:
+        if not sids:
+            return []
+        breaker = self.breaker
+        use_redis = breaker.allow()
+        with database_outages("revoke sessions"):
+            ended = await self.db.adelete_owned(
+                sids, _user_of(owner), invalidate_redis=not use_redis
+            )
+        if use_redis and ended:
+            try:
+                await self.copy.afence_deleted_many(ended)
+            except SessionStoreUnavailable as err:
+                await breaker.arecord_failure(err)
+                for sid in ended:
+                    await sync_to_async(self._queue_invalidation)(sid)
+            else:
+                await breaker.arecord_success(self.areconcile)
+        return ended
+
+    def forget_user_sessions(self, user_id: str, sids: Sequence[StorageId]) -> None:
+        # Deleting the rows took them out of the user's listing already.
+        return None
+
+    async def aforget_user_sessions(self, user_id: str, sids: Sequence[StorageId]) -> None:
+        return None
+
     # -- reconciliation -------------------------------------------------------
     def reconcile(self) -> int:
         """Delete the Redis copies of sessions written while Redis was unreachable.
@@ -295,6 +365,18 @@ class HybridStorage:
             await self.areconcile()
         except SessionStoreUnavailable as err:
             logger.warning("Could not reconcile Redis with the database: %s", err)
+
+
+def _summaries(rows: list[tuple[StorageId, SessionMeta, int]]) -> list[SessionSummary]:
+    now_ms = int(time.time() * 1000)
+    return [SessionSummary(sid, meta, expires_at * 1000 - now_ms) for sid, meta, expires_at in rows]
+
+
+def _user_of(owner: tuple[bytes, bytes]) -> str:
+    """The user id an owner field (as the API builds it for Redis) stands for."""
+    field, value = owner
+    serializer = import_string(settings.SESSION_SERIALIZER)
+    return str(codec_for(serializer).decode_item(field, value)[1])
 
 
 def _stored(record: DurableRecord) -> StoredSession:

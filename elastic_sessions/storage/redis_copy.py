@@ -113,6 +113,14 @@ class RedisCopy:
         with translate_outages("delete a session"):
             await arun_pipeline(get_async_client(), [_fence_call(sid)])
 
+    def fence_deleted_many(self, sids: Sequence[StorageId]) -> None:
+        with translate_outages("revoke sessions"):
+            run_pipeline(get_client(), [_fence_call(sid) for sid in sids])
+
+    async def afence_deleted_many(self, sids: Sequence[StorageId]) -> None:
+        with translate_outages("revoke sessions"):
+            await arun_pipeline(get_async_client(), [_fence_call(sid) for sid in sids])
+
     def drop(self, sids: Sequence[StorageId]) -> None:
         """Delete copies that may be stale (one ``DEL`` per key: keys of any slot)."""
         if sids:
