@@ -277,3 +277,18 @@ def test_api_revokes_while_redis_is_down(hybrid_engine, durable_redis):
     durable_redis.start()
     wait_for_probe()
     assert SessionStore(session.session_key).get(SESSION_KEY) is None
+
+
+def test_expiry_slides_in_the_database_during_an_outage(durable_redis):
+    """Served by the database, an active session's expiry still slides there."""
+    session = SessionStore()
+    session.set_expiry(600)
+    session["a"] = 1
+    session.save()
+    sid = storage_id(session.session_key)
+    DurableSession.objects.filter(pk=sid).update(expires_at=int(time.time()) + 100)
+    durable_redis.kill()
+    loaded = SessionStore(session.session_key)
+    assert loaded["a"] == 1
+    assert DurableSession.objects.get(pk=sid).expires_at >= int(time.time()) + 590
+    assert loaded.touched_expiry_age is not None

@@ -39,7 +39,14 @@ from ..conf import elastic_settings
 from ..exceptions import CorruptSessionData, SessionStoreUnavailable
 from ..keys import StorageId
 from .database import DatabaseSessionStorage, DurableRecord, DurableWrite
-from .redis import DeleteResult, SessionSummary, StoredSession, WritePlan, WriteResult
+from .redis import (
+    DeleteResult,
+    SessionSummary,
+    StoredSession,
+    WritePlan,
+    WriteResult,
+    _touch,
+)
 from .redis_copy import CopyHit, RedisCopy
 
 logger = logging.getLogger(__name__)
@@ -108,7 +115,12 @@ class HybridStorage:
                 )
             except SessionStoreUnavailable as err:
                 breaker.record_failure(err)
-        return _stored(record)
+        stored = _stored(record, None if use_redis else touch_interval_ms)
+        if stored.touched_ttl_ms >= 0:
+            # Served by the database (an outage): the expiry slides there, or an
+            # active user with a short idle timeout would time out during it.
+            self._touch_durably_or_log(sid, record, stored)
+        return stored
 
     async def aload(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None:
         breaker = self.breaker
@@ -141,7 +153,21 @@ class HybridStorage:
                 )
             except SessionStoreUnavailable as err:
                 await breaker.arecord_failure(err)
-        return _stored(record)
+        stored = _stored(record, None if use_redis else touch_interval_ms)
+        if stored.touched_ttl_ms >= 0:
+            await sync_to_async(self._touch_durably_or_log)(sid, record, stored)
+        return stored
+
+    def _touch_durably_or_log(
+        self, sid: StorageId, record: DurableRecord, stored: StoredSession
+    ) -> None:
+        expires_at = int(time.time()) + stored.touched_ttl_ms // 1000
+        try:
+            with database_outages("touch a session"):
+                self.db.touch(sid, expires_at)
+        except SessionStoreUnavailable as err:
+            stored.touched_ttl_ms = -1  # not slid: no new cookie age either
+            logger.warning("Could not record a touch of session %s durably: %s", sid, err)
 
     def _touch_durably(self, sid: StorageId, hit: CopyHit) -> None:
         expires_at = _durable_touch_due(hit)
@@ -379,9 +405,14 @@ def _user_of(owner: tuple[bytes, bytes]) -> str:
     return str(codec_for(serializer).decode_item(field, value)[1])
 
 
-def _stored(record: DurableRecord) -> StoredSession:
+def _stored(record: DurableRecord, touch_interval_ms: int | None) -> StoredSession:
+    """The session as loaded from the database; with ``touch_interval_ms`` (served
+    without Redis), ``touched_ttl_ms`` says whether and how far it should slide."""
     ttl_ms = max(0, record.expires_at * 1000 - int(time.time() * 1000))
-    return StoredSession(dict(record.fields), record.meta, ttl_ms)
+    stored = StoredSession(dict(record.fields), record.meta, ttl_ms)
+    if touch_interval_ms is not None:
+        _touch(stored, touch_interval_ms)
+    return stored
 
 
 def _mirror_args(durable: DurableWrite) -> tuple[int, int, SessionMeta]:
