@@ -68,7 +68,12 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-SESSION_ENGINE = "elastic_sessions.backends.redis"
+# DEMO_SESSION_ENGINE=hybrid runs the demo on the hybrid engine (Redis + the
+# SQLite database above); the default is the redis engine.
+SESSION_ENGINE = {
+    "redis": "elastic_sessions.backends.redis",
+    "hybrid": "elastic_sessions.backends.hybrid",
+}[os.environ.get("DEMO_SESSION_ENGINE", "redis")]
 ELASTIC_SESSIONS = {
     "REDIS_URL": os.environ.get("ELASTIC_SESSIONS_REDIS_URL", "redis://127.0.0.1:6379/0"),
 }
