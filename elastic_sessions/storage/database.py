@@ -23,9 +23,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Least
 
@@ -272,19 +273,65 @@ def _update(sid: StorageId, plan: WritePlan, now: int) -> DurableWrite:
     expires = Least(F("deadline"), Value(now + idle if idle > 0 else _MAX_SECONDS))
     if plan.fixed_expiry:
         expires = Least(expires, Value(plan.fixed_expiry))
-    changes: dict[str, object] = {"version": F("version") + 1, "idle": idle, "expires_at": expires}
-    if plan.index is not None:  # a login, a logout or a user switch
-        changes["user_id"] = plan.index.add_user
-    if not live.update(**changes):
+    row = _update_returning(sid, plan, idle, now)
+    if row is _NO_RETURNING:
+        changes: dict[str, object] = {
+            "version": F("version") + 1,
+            "idle": idle,
+            "expires_at": expires,
+        }
+        if plan.index is not None:  # a login, a logout or a user switch
+            changes["user_id"] = plan.index.add_user
+        row = (
+            DurableSession.objects.values_list("created", "deadline", "expires_at", "version").get(
+                pk=sid
+            )
+            if live.update(**changes)
+            else None
+        )
+    if row is None:
         return DurableWrite(-1)
-    created, deadline, expires_at, version = DurableSession.objects.values_list(
-        "created", "deadline", "expires_at", "version"
-    ).get(pk=sid)
+    created, deadline, expires_at, version = row
     if expires_at <= now:
         # The fixed expiry has passed: the write ends the session instead.
         DurableSession.objects.filter(pk=sid).delete()
         return DurableWrite(-2)
     return DurableWrite(1, SessionMeta(created, deadline, idle), expires_at, version)
+
+
+_NO_RETURNING: Any = object()
+# Vendors whose UPDATE can return the row it changed, and their two-argument minimum.
+_LEAST = {"sqlite": "MIN", "postgresql": "LEAST"}
+
+
+def _update_returning(
+    sid: StorageId, plan: WritePlan, idle: int, now: int
+) -> tuple[int, int, int, int] | Any | None:
+    """The update and the read of the new row in one statement (one query less per
+    save than the ORM's update() then get()); _NO_RETURNING where unsupported."""
+    least = _LEAST.get(connection.vendor)
+    if least is None:
+        return _NO_RETURNING
+    table = connection.ops.quote_name(DurableSession._meta.db_table)
+    expires = f"{least}(deadline, %s)"
+    params: list[int | str | None] = [idle, now + idle if idle > 0 else _MAX_SECONDS]
+    if plan.fixed_expiry:
+        expires = f"{least}({expires}, %s)"
+        params.append(plan.fixed_expiry)
+    user = ""
+    if plan.index is not None:  # a login, a logout or a user switch
+        user = ", user_id = %s"
+        params.append(plan.index.add_user)
+    params += [sid, now]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET version = version + 1, idle = %s, expires_at = {expires}{user} "
+            "WHERE storage_id = %s AND expires_at > %s "
+            "RETURNING created, deadline, expires_at, version",
+            params,
+        )
+        row = cursor.fetchone()
+    return None if row is None else tuple(row)
 
 
 def _apply_fields(sid: StorageId, plan: WritePlan) -> None:
