@@ -9,6 +9,7 @@ import pytest
 from elastic_sessions.codec import SessionMeta
 from elastic_sessions.keys import StorageId
 from elastic_sessions.models import DurableSession, RedisInvalidation
+from elastic_sessions.storage import database
 from elastic_sessions.storage.database import DatabaseSessionStorage
 from elastic_sessions.storage.redis import IndexChange, WritePlan
 
@@ -31,8 +32,12 @@ def plan(**overrides):
     return WritePlan(**values)
 
 
-@pytest.fixture
-def store():
+@pytest.fixture(params=["returning", "orm"])
+def store(request, monkeypatch):
+    """Each test runs with UPDATE ... RETURNING and with the ORM fallback used by
+    databases without it (forced here by hiding the vendor from the table)."""
+    if request.param == "orm":
+        monkeypatch.setattr(database, "_LEAST", {})
     return DatabaseSessionStorage()
 
 
