@@ -17,7 +17,12 @@ from elastic_sessions.breaker import BreakerState, breaker_for
 from elastic_sessions.keys import storage_id
 from elastic_sessions.models import DurableSession, RedisInvalidation
 from elastic_sessions.storage.hybrid import BREAKER_NAME
-from elastic_sessions.storage.redis_copy import DURABLE_EXPIRY_FIELD, VERSION_FIELD
+from elastic_sessions.storage.redis_copy import (
+    DURABLE_EXPIRY_FIELD,
+    PENDING_ABANDONED_MS,
+    PENDING_FIELD,
+    VERSION_FIELD,
+)
 
 from .contract import redis_key_of
 
@@ -292,3 +297,37 @@ def test_expiry_slides_in_the_database_during_an_outage(durable_redis):
     assert loaded["a"] == 1
     assert DurableSession.objects.get(pk=sid).expires_at >= int(time.time()) + 590
     assert loaded.touched_expiry_age is not None
+
+
+def test_a_save_cut_off_after_its_commit_leaves_no_stale_copy(r):
+    """A worker killed between the database commit and the Redis write: loads read
+    the database (the copy was marked before the commit), not the old copy."""
+    key = saved(a=1)
+    sid = storage_id(key)
+    storage = SessionStore.storage
+    storage.copy.mark_pending(sid)
+    # The save's database half, as the killed worker left it.
+    session = SessionStore(key)
+    session["a"] = 2
+    plan = session._plan(session._session, False, *session._expiry(session._session))
+    assert plan is not None
+    assert storage.db.write(sid, plan, invalidate_redis=False).status == 1
+    assert SessionStore(key)["a"] == 2
+    assert r.hget(redis_key_of(key), VERSION_FIELD) == b"2"  # put back, mark gone
+    assert r.hget(redis_key_of(key), PENDING_FIELD) is None
+
+
+def test_a_mark_whose_save_never_committed_is_cleared_once_abandoned(r):
+    """Killed before the commit: the copy is current; once the mark is old enough
+    to be abandoned, a load confirms the copy (a younger mark stays: its save may
+    be about to commit)."""
+    key = saved(a=1)
+    rkey = redis_key_of(key)
+    SessionStore.storage.copy.mark_pending(storage_id(key))
+    SessionStore(key).exists(key)  # any later command: the mark has been applied
+    assert SessionStore(key)["a"] == 1
+    assert r.hget(rkey, PENDING_FIELD) is not None
+    r.hset(rkey, PENDING_FIELD, int(time.time() * 1000) - PENDING_ABANDONED_MS - 1000)
+    assert SessionStore(key)["a"] == 1
+    assert r.hget(rkey, PENDING_FIELD) is None
+    assert r.hget(redis_key_of(key), VERSION_FIELD) == b"1"

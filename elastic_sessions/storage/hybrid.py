@@ -196,6 +196,12 @@ class HybridStorage:
     def write(self, sid: StorageId, plan: WritePlan) -> WriteResult:
         breaker = self.breaker
         use_redis = breaker.allow()
+        if use_redis and not plan.create:
+            try:
+                self.copy.mark_pending(sid)
+            except SessionStoreUnavailable as err:
+                breaker.record_failure(err)
+                use_redis = False
         with database_outages("save a session"):
             durable = self.db.write(sid, plan, invalidate_redis=not use_redis)
         if durable.status == 1 and use_redis:
@@ -211,6 +217,12 @@ class HybridStorage:
     async def awrite(self, sid: StorageId, plan: WritePlan) -> WriteResult:
         breaker = self.breaker
         use_redis = breaker.allow()
+        if use_redis and not plan.create:
+            try:
+                await self.copy.amark_pending(sid)
+            except SessionStoreUnavailable as err:
+                await breaker.arecord_failure(err)
+                use_redis = False
         with database_outages("save a session"):
             durable = await self.db.awrite(sid, plan, invalidate_redis=not use_redis)
         if durable.status == 1 and use_redis:

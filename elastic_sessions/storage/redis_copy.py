@@ -10,6 +10,7 @@ as a miss and reads the database.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from ..connection import get_async_client, get_client, translate_outages
 from ..keys import StorageId, session_redis_key
 from .redis import StoredSession, WritePlan, _parse_load, _touch, _touch_command
 from .scripts import (
+    MARK_PENDING,
     ScriptCall,
     arun_pipeline,
     fence_deleted_script,
@@ -30,6 +32,11 @@ from .wire import aexecute, asend_later, execute, send_later
 
 VERSION_FIELD = b"\x04"
 DURABLE_EXPIRY_FIELD = b"\x05"
+# Set while a save is between its database commit and its Redis write.
+PENDING_FIELD = b"\x06"
+# A pending mark this old belongs to a save that will never finish.  Far longer
+# than a save takes; until then, loads of that session read the database.
+PENDING_ABANDONED_MS = 10_000
 
 # How long a fence stops older snapshots: far longer than a database read and
 # a Redis write take, far shorter than any session.
@@ -121,6 +128,15 @@ class RedisCopy:
         with translate_outages("revoke sessions"):
             await arun_pipeline(get_async_client(), [_fence_call(sid) for sid in sids])
 
+    def mark_pending(self, sid: StorageId) -> None:
+        """Sent before a save's database transaction (no round trip of its own)."""
+        with translate_outages("save a session"):
+            send_later(get_client(), [_mark_command(sid)])
+
+    async def amark_pending(self, sid: StorageId) -> None:
+        with translate_outages("save a session"):
+            await asend_later(get_async_client(), [_mark_command(sid)])
+
     def drop(self, sids: Sequence[StorageId]) -> None:
         """Delete copies that may be stale (one ``DEL`` per key: keys of any slot)."""
         if sids:
@@ -145,8 +161,8 @@ def _parse_copy(replies: list[Any]) -> CopyHit | None:
     if isinstance(flat, list):  # RESP2: field, value, field, value...
         iterator = iter(flat)
         flat = dict(zip(iterator, iterator, strict=False))
-    if isinstance(flat, dict) and META_FIELD not in flat:
-        return None  # nothing, or a fence: read the database
+    if isinstance(flat, dict) and (META_FIELD not in flat or PENDING_FIELD in flat):
+        return None  # nothing, a fence, or a save in flight: read the database
     stored = _parse_load([flat, ttl_ms])
     if stored is None:
         return None
@@ -180,11 +196,16 @@ def _save_call(
 def _repopulate_call(
     sid: StorageId, fields: dict[bytes, bytes], meta: SessionMeta, version: int, expires_at: int
 ) -> ScriptCall:
-    args: list[Any] = [version, expires_at * 1000, meta.encode()]
+    args: list[Any] = [version, expires_at * 1000, meta.encode(), PENDING_ABANDONED_MS]
     for name, value in fields.items():
         args += (name, value)
     args += (DURABLE_EXPIRY_FIELD, expires_at * 1000)
     return (repopulate_script, [session_redis_key(sid)], args)
+
+
+def _mark_command(sid: StorageId) -> tuple[Any, ...]:
+    # EVAL: its reply is read later, where a NOSCRIPT could not be handled.
+    return ("EVAL", MARK_PENDING, 1, session_redis_key(sid), int(time.time() * 1000))
 
 
 def _fence_call(sid: StorageId) -> ScriptCall:

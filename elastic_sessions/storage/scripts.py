@@ -164,6 +164,7 @@ if ARGV[1] == 'c' or (has_meta and stored == version - 1) then
   if #ARGV > last_set then call_chunked('HDEL', key, ARGV, last_set + 1, #ARGV) end
   if last_set > 6 then call_chunked('HSET', key, ARGV, 7, last_set) end
   redis.call('HSET', key, '\\0', ARGV[4], '\\4', version)
+  redis.call('HDEL', key, '\\6')
   redis.call('PEXPIREAT', key, ARGV[3])
   return 1
 end
@@ -178,7 +179,8 @@ return -1
 # new is there.
 # KEYS[1]: the session hash
 # ARGV[1]: the snapshot's version; ARGV[2]: its expiry, epoch ms; ARGV[3]: metadata
-# ARGV[4 ..]: field, value pairs
+# ARGV[4]: how old (ms) a save's pending mark must be to count as abandoned
+# ARGV[5 ..]: field, value pairs
 # Returns 1 written, 0 refused (a copy of this version or newer, or a newer fence).
 REPOPULATE = (
     "#!lua\n"
@@ -191,15 +193,38 @@ local stored = redis.call('HGET', key, '\\4')
 if stored then
   local is_copy = redis.call('HEXISTS', key, '\\0') == 1
   local seen = tonumber(stored) or 0
-  if seen > version or (is_copy and seen == version) then return 0 end
+  if seen > version then return 0 end
+  if is_copy and seen == version then
+    -- The database confirms this copy.  A pending mark (see MARK_PENDING) goes
+    -- only once abandoned: a younger one may belong to a save about to commit.
+    local mark = tonumber(redis.call('HGET', key, '\\6') or '')
+    if mark then
+      local t = redis.call('TIME')
+      local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      if now - mark > tonumber(ARGV[4]) then redis.call('HDEL', key, '\\6') end
+    end
+    return 0
+  end
 end
 redis.call('DEL', key)
-if #ARGV >= 4 then call_chunked('HSET', key, ARGV, 4, #ARGV) end
+if #ARGV >= 5 then call_chunked('HSET', key, ARGV, 5, #ARGV) end
 redis.call('HSET', key, '\\0', ARGV[3], '\\4', version)
 redis.call('PEXPIREAT', key, ARGV[2])
 return 1
 """
 )
+
+# Mark a copy as about to change: sent (without waiting) before a save's
+# database transaction, cleared by the save's HYBRID_SAVE.  Loads read the
+# database while it is there, so a worker killed between its commit and its
+# Redis write leaves no stale copy behind; a load's REPOPULATE of the same
+# version clears a mark once it is old enough to be abandoned (its save was
+# cut off before committing, and the copy is current).
+# KEYS[1]: the session hash; ARGV[1]: the time, epoch ms
+MARK_PENDING = """
+if redis.call('HEXISTS', KEYS[1], '\\0') == 1 then redis.call('HSET', KEYS[1], '\\6', ARGV[1]) end
+return 1
+"""
 
 # Replace a session's copy by a fence no snapshot can pass (the session was
 # deleted): a load that read the database just before the delete cannot put
