@@ -19,7 +19,7 @@ from django.utils.http import http_date
 
 from .conf import elastic_settings
 from .exceptions import SessionStoreUnavailable
-from .signals import store_degraded
+from .signals import store_degraded, store_recovered
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,13 @@ def unavailable_response(error: SessionStoreUnavailable) -> HttpResponse:
     response["Retry-After"] = str(elastic_settings.RETRY_AFTER)
     response["Cache-Control"] = "no-store"
     return response
+
+
+class _Outage:
+    """When this process last answered 503 for the store (None: it is serving)."""
+
+    # Monotonic time of the first 503 of the current outage.
+    since: float | None = None
 
 
 class SessionMiddleware(DjangoSessionMiddleware):
@@ -62,7 +69,19 @@ class SessionMiddleware(DjangoSessionMiddleware):
         except SessionStoreUnavailable as err:
             return self._unavailable(request, err)
         self._refresh_touched_cookie(request, response)
+        if _Outage.since is not None and getattr(session, "accessed", False):
+            self._recovered()
         return response
+
+    def _recovered(self) -> None:
+        # The first request since an outage that used its session without one:
+        # announced once per process, as the hybrid engine's breaker does.
+        since, _Outage.since = _Outage.since, None
+        if since is None:
+            return  # another thread announced it
+        downtime = time.monotonic() - since
+        logger.info("Session store recovered after %.1f s.", downtime)
+        store_recovered.send(type(self), downtime=downtime)
 
     def _unavailable(self, request: HttpRequest, error: SessionStoreUnavailable) -> HttpResponse:
         logger.error(
@@ -71,6 +90,8 @@ class SessionMiddleware(DjangoSessionMiddleware):
             request.path,
             error,
         )
+        if _Outage.since is None:
+            _Outage.since = time.monotonic()
         store_degraded.send(type(self), error=error)
         response = unavailable_response(error)
         patch_vary_headers(response, ("Cookie",))

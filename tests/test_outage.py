@@ -206,3 +206,32 @@ def test_touch_replies_are_read_before_the_next_command(elastic_redis):
         session["a"] = 2
         session.save()
         assert SessionStore(session_key)["a"] == 2
+
+
+@pytest.mark.django_db
+def test_recovery_is_announced_once_with_its_downtime(durable_redis, caplog):
+    """After 503s, the first request served again logs INFO and sends store_recovered once."""
+    from elastic_sessions.middleware import _Outage
+    from elastic_sessions.signals import store_recovered
+
+    _Outage.since = None
+    received = []
+
+    def receiver(sender, **kwargs):
+        received.append(kwargs)
+
+    store_recovered.connect(receiver)
+    try:
+        client = signed_in_client()
+        durable_redis.kill()
+        assert_unavailable(client.get("/get/color/"))
+        assert received == []
+        durable_redis.start()
+        with caplog.at_level(logging.INFO, logger="elastic_sessions"):
+            assert client.get("/get/color/").json() == {"value": "blue"}
+            assert client.get("/get/color/").json() == {"value": "blue"}
+    finally:
+        store_recovered.disconnect(receiver)
+    assert len(received) == 1
+    assert received[0]["downtime"] >= 0
+    assert sum("recovered after" in rec.getMessage() for rec in caplog.records) == 1
