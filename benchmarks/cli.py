@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sqlite3
+import subprocess
 import sys
 import warnings
 from importlib.metadata import version
@@ -16,9 +18,10 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from . import shapes
 from .cycles import CYCLES, Workload
-from .engines import ENGINES, OURS, Engine, close_clients, load_engines
-from .environment import configure_django, redis_server
-from .measure import RunSamples, cpu_per_cycle, footprint, round_trips_per_cycle, timed_run, warm_up
+from .engines import DJANGO_DB, ENGINES, HYBRID, OURS, Engine, close_clients, load_engines
+from .environment import SQLITE_PRAGMAS, configure_django, migrate, redis_server, scratch_database
+from .measure import RunSamples, cpu_per_cycle, footprint, timed_run, trips_per_cycle, warm_up
+from .outage import OUTAGE_CYCLES, BreakerOpen, breaker_open_table, measure_breaker_open
 from .report import (
     LISTPACK_RAISED,
     LISTPACK_VALUE,
@@ -83,10 +86,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _versions(server_info: dict[str, Any]) -> dict[str, str]:
-    found = {"python": platform.python_version(), "redis-server": server_info["redis_version"]}
+    found = {
+        "python": platform.python_version(),
+        "redis-server": server_info["redis_version"],
+        "sqlite": sqlite3.sqlite_version,
+    }
     for dist in ("django", "redis", "hiredis", "django-redis", "django-redis-sessions"):
         found[dist] = version(dist)
     return found
+
+
+def _code_version() -> str:
+    """The commit measured, and whether the package had uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    # Figures quoted in notes must say when they were not taken on a commit.
+    dirty = git("status", "--porcelain", "--", "elastic_sessions")
+    return f"{commit} (elastic_sessions/ modified)" if dirty else commit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,12 +125,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     labels = {name: cycle.label for name, cycle in CYCLES.items()}
-    with redis_server() as server:
-        configure_django(server.url)
+    with redis_server() as server, scratch_database() as database:
+        configure_django(server.url, database)
+        migrate()
         engines = load_engines(args.engines)
         admin = server.client()
         meta: dict[str, Any] = {
             "versions": _versions(admin.info("server")),
+            "code": _code_version(),
             "hiredis_parser": HIREDIS_AVAILABLE,
             "cpus": os.cpu_count(),
             "seconds_per_combination": args.seconds,
@@ -122,6 +145,8 @@ def _run(args: argparse.Namespace) -> int:
         print(_preamble(meta, args), flush=True)
         results: list[Result] = []
         memory: list[Memory] = []
+        outage: BreakerOpen | None = None
+        outage_cycles = tuple(c for c in OUTAGE_CYCLES if c in args.cycles)
         try:
             for size in args.sizes:
                 data = shapes.build(size)
@@ -130,6 +155,10 @@ def _run(args: argparse.Namespace) -> int:
                 for cycle_name in args.cycles:
                     workloads = [Workload(e, CYCLES[cycle_name], data, admin) for e in engines]
                     results += _measure(workloads, size, args)
+            if HYBRID in args.engines and outage_cycles:
+                # Last, and on a server of its own: the one it kills.
+                pair = {e.name: e for e in load_engines((HYBRID, DJANGO_DB))}
+                outage = measure_breaker_open(pair, args.sizes, outage_cycles, args, admin)
         finally:
             close_clients()
             admin.close()
@@ -150,8 +179,11 @@ def _run(args: argparse.Namespace) -> int:
         )
     print("\nRatios (printed, never asserted; ops/s ratio > 1 means ours is faster)\n")
     print(ratios_table(found, labels))
+    if outage is not None:
+        print(_outage_report(outage, labels))
     if args.json:
-        write_json(args.json, meta, results, memory, found)
+        extra = {"breaker_open": outage.as_json()} if outage is not None else {}
+        write_json(args.json, meta, results, memory, found, extra=extra)
         print(f"\nWrote {args.json}")
     return 0
 
@@ -161,6 +193,8 @@ def _footprints(
 ) -> list[Memory]:
     found = []
     for engine in engines:
+        if not engine.session_keys("any"):
+            continue  # nothing in Redis (django-db): no row in the memory table
         use = footprint(Workload(engine, CYCLES["create"], data, admin))
         found.append(Memory(engine.name, size, use.bytes, use.encoding, use.keys, use.other_bytes))
         if engine.name == OURS:
@@ -180,7 +214,7 @@ def _measure(workloads: list[Workload], size: str, args: argparse.Namespace) -> 
     try:
         for workload in workloads:
             warm_up(workload, args.warmup)
-        trips = {w.engine.name: round_trips_per_cycle(w, args.rt_cycles) for w in workloads}
+        trips = {w.engine.name: trips_per_cycle(w, args.rt_cycles) for w in workloads}
         cpu = {w.engine.name: cpu_per_cycle(w, args.cpu_seconds) for w in workloads}
         samples = {w.engine.name: RunSamples([]) for w in workloads}
         per_run = args.seconds / args.repeats
@@ -202,7 +236,9 @@ def _measure(workloads: list[Workload], size: str, args: argparse.Namespace) -> 
             spread_pct=sample.spread_pct(),
             p50_us=sample.percentile_us(0.50),
             p99_us=sample.percentile_us(0.99),
-            round_trips=trips[name],
+            round_trips=trips[name].redis,
+            db_statements=trips[name].db,
+            db_writes=trips[name].db_writes,
             client_cpu_us=cpu[name][0],
             server_cpu_us=cpu[name][1],
             runs_ops_per_second=sample.ops_per_second(),
@@ -217,7 +253,8 @@ def _preamble(meta: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "django-elastic-sessions benchmarks"
         + (" (--quick: figures are rough)" if args.quick else ""),
-        f"Versions: {versions}; hiredis parser: {meta['hiredis_parser']}; CPUs: {meta['cpus']}",
+        f"Code: {meta['code']}; versions: {versions}; hiredis parser: {meta['hiredis_parser']};"
+        f" CPUs: {meta['cpus']}",
         "Engines:",
         *(f"  {name:<15} {label}" for name, label in meta["engines"].items()),
         "Session shapes (same data for every engine; JSON B = compact JSON of the whole dict):",
@@ -225,7 +262,9 @@ def _preamble(meta: dict[str, Any], args: argparse.Namespace) -> str:
             f"  {size:<5} {meta['json_bytes'][size]:>6,} B: {meta['shapes'][size]}"
             for size in args.sizes
         ),
-        "Method: one process, one client connection per engine, redis-server on loopback.",
+        "Method: one process, one client connection per engine, redis-server on loopback;",
+        f"  SQLite {meta['versions']['sqlite']} in a temporary file ({SQLITE_PRAGMAS}),"
+        " in process: its CPU counts as client CPU.",
         f"  Per engine, cycle and size: {args.warmup} warm-up cycles, then {args.repeats} runs"
         f" of {args.seconds / args.repeats:.2f} s, interleaved across engines (order rotated).",
         "  Each cycle is timed alone (perf_counter_ns); deleting what a create left is untimed.",
@@ -234,8 +273,33 @@ def _preamble(meta: dict[str, Any], args: argparse.Namespace) -> str:
         "  all timed cycles pooled. GC stays on (it is part of the cost); gc.collect() before",
         "  every run. Speed ratios = median over rounds of the ratio within a round.",
         f"  RT = Redis round trips per cycle (requests written: a command or a pipeline),"
-        f" counted on {args.rt_cycles} separate untimed cycles.",
+        f" counted on {args.rt_cycles} separate untimed cycles;",
+        "  DB = SQL statements per cycle (BEGIN/SAVEPOINT/RELEASE not counted), DBw = those"
+        " that write, on the same cycles.",
         "  client / server = CPU µs per cycle of this process / of redis-server (INFO cpu),"
         f" over a separate untimed pass of {args.cpu_seconds} s.",
     ]
+    return "\n".join(lines)
+
+
+def _outage_report(outage: BreakerOpen, labels: dict[str, str]) -> str:
+    probes = sum(n for what, n in outage.log_records.items() if "still unavailable" in what)
+    lines = [
+        "\nBreaker open: the hybrid engine's own redis-server killed (kill -9) after its"
+        " sessions were cached,",
+        "then one untimed request opened the breaker; django-db = the database-only path,"
+        " same cycles, interleaved.",
+        "",
+        breaker_open_table(outage, labels),
+        "",
+        f"p99 ratio = hybrid p99 / django-db p99. Configured SOCKET_TIMEOUT"
+        f" {outage.socket_timeout_s:g} s = {outage.socket_timeout_s * 1e6:,.0f} µs,"
+        f" SOCKET_CONNECT_TIMEOUT {outage.socket_connect_timeout_s:g} s, RETRIES"
+        f" {outage.retries}; the breaker probes Redis at most every"
+        f" {outage.probe_interval_s:g} s ({probes} failed probes in the runs above).",
+    ]
+    others = {what: n for what, n in outage.log_records.items() if "still unavailable" not in what}
+    if others:
+        records = "; ".join(f"{n} x {what}" for what, n in others.items())
+        lines.append(f"Other log records while open: {records}")
     return "\n".join(lines)

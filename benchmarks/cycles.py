@@ -95,9 +95,9 @@ class Workload:
         return respond(session, self.cycle.save_every_request)
 
     def after(self, key: str | None) -> None:
-        """Untimed upkeep: remove what a create left, so Redis does not grow."""
+        """Untimed upkeep: remove what a create left, so Redis and the database do not grow."""
         if not self.cycle.loads and key is not None:
-            self.admin.delete(*self.engine.leftovers(key))
+            self.engine.discard(self.admin, key)
 
     def check(self, key: str | None) -> None:
         """Fail loudly if a cycle did not do what it claims (before any timing)."""
@@ -114,4 +114,4 @@ class Workload:
 
     def close(self) -> None:
         if self.cookie is not None:
-            self.admin.delete(*self.engine.leftovers(self.cookie))
+            self.engine.discard(self.admin, self.cookie)

@@ -18,10 +18,13 @@ import redis
 from .environment import SESSION_COOKIE_AGE
 
 OURS = "elastic"
+HYBRID = "hybrid"
 DJANGO_CACHE = "django-cache"
+CACHED_DB = "cached-db"
+DJANGO_DB = "django-db"
 REDIS_SESSIONS = "redis-sessions"
 RAW_FLOOR = "raw-floor"
-ENGINES = (OURS, DJANGO_CACHE, REDIS_SESSIONS, RAW_FLOOR)
+ENGINES = (OURS, HYBRID, DJANGO_CACHE, CACHED_DB, DJANGO_DB, REDIS_SESSIONS, RAW_FLOOR)
 
 
 class SessionLike(Protocol):
@@ -55,8 +58,18 @@ class Engine:
     store: Callable[[str | None], SessionLike]
     # The Redis keys one session occupies (what MEMORY USAGE measures).
     session_keys: Callable[[str], list[str]]
-    # Everything a created session leaves behind (deleted after each timed create).
+    # Everything a created session leaves behind in Redis (deleted after each timed create).
     leftovers: Callable[[str], list[str]]
+    # Deletes what a session left in the database (None: the engine has no database).
+    delete_rows: Callable[[str], None] | None = None
+
+    def discard(self, admin: redis.Redis, key: str) -> None:
+        """Untimed upkeep: delete everything the session ``key`` left, in Redis and the database."""
+        names = self.leftovers(key)
+        if names:
+            admin.delete(*names)
+        if self.delete_rows is not None:
+            self.delete_rows(key)
 
 
 class RawFloorStore:
@@ -120,15 +133,20 @@ class RawFloorStore:
 
 def load_engines(names: tuple[str, ...]) -> list[Engine]:
     """The adapters of the named engines (Django must be configured)."""
+    from django.contrib.sessions.models import Session
     from django.core.cache import caches
 
     from elastic_sessions.connection import get_client
     from elastic_sessions.keys import session_redis_key, storage_id, user_index_redis_key
+    from elastic_sessions.models import DurableSession, RedisInvalidation
 
     from .shapes import build
 
     ours = import_module("elastic_sessions.backends.redis").SessionStore
+    hybrid = import_module("elastic_sessions.backends.hybrid").SessionStore
     django_cache = import_module("django.contrib.sessions.backends.cache").SessionStore
+    cached_db = import_module("django.contrib.sessions.backends.cached_db").SessionStore
+    django_db = import_module("django.contrib.sessions.backends.db").SessionStore
     redis_sessions = import_module("redis_sessions.session").SessionStore
     # The floor shares our engine's client: same hiredis parser, pool and options.
     RawFloorStore.client = get_client()
@@ -141,6 +159,19 @@ def load_engines(names: tuple[str, ...]) -> list[Engine]:
     def cache_key(key: str) -> list[str]:
         return [str(cache.make_key(django_cache.cache_key_prefix + key))]
 
+    def cached_db_key(key: str) -> list[str]:
+        return [str(cache.make_key(cached_db.cache_key_prefix + key))]
+
+    def delete_durable(key: str) -> None:
+        sid = storage_id(key)
+        # Field rows go with their session (ON DELETE CASCADE); a write made while
+        # the breaker was open also queued the session for a Redis invalidation.
+        DurableSession.objects.filter(pk=sid).delete()
+        RedisInvalidation.objects.filter(pk=sid).delete()
+
+    def delete_django_row(key: str) -> None:
+        Session.objects.filter(pk=key).delete()
+
     available = {
         OURS: Engine(
             OURS,
@@ -149,12 +180,37 @@ def load_engines(names: tuple[str, ...]) -> list[Engine]:
             ours_key,
             lambda key: [*ours_key(key), user_index_redis_key(owner)],
         ),
+        # The hybrid engine keeps no per-user index in Redis (the rows' user_id is).
+        HYBRID: Engine(
+            HYBRID,
+            "elastic_sessions.backends.hybrid (SQLite + Redis copy)",
+            hybrid,
+            ours_key,
+            ours_key,
+            delete_durable,
+        ),
         DJANGO_CACHE: Engine(
             DJANGO_CACHE,
             "django.contrib.sessions.backends.cache on django-redis (pickle)",
             django_cache,
             cache_key,
             cache_key,
+        ),
+        CACHED_DB: Engine(
+            CACHED_DB,
+            "django.contrib.sessions.backends.cached_db (SQLite + django-redis)",
+            cached_db,
+            cached_db_key,
+            cached_db_key,
+            delete_django_row,
+        ),
+        DJANGO_DB: Engine(
+            DJANGO_DB,
+            "django.contrib.sessions.backends.db (SQLite only)",
+            django_db,
+            lambda key: [],
+            lambda key: [],
+            delete_django_row,
         ),
         REDIS_SESSIONS: Engine(
             REDIS_SESSIONS,

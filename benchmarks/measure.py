@@ -93,16 +93,48 @@ def counting_round_trips() -> Iterator[_Counter]:
         redis.connection.AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
 
 
-def round_trips_per_cycle(workload: Workload, cycles: int = 10) -> float:
-    """Mean round trips of one cycle (checking each cycle's outcome on the way)."""
-    total = 0
+@dataclass(frozen=True)
+class Trips:
+    """Mean requests of one cycle: to Redis, and SQL statements to the database."""
+
+    redis: float
+    db: float
+    db_writes: float
+
+
+# Transaction control is left out of the database counts: Django logs SQLite's
+# BEGIN but not PostgreSQL's, and savepoints are bookkeeping, not work.
+_TRANSACTION_CONTROL = ("BEGIN", "SAVEPOINT", "RELEASE", "ROLLBACK", "COMMIT")
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+def _statements(queries: list[dict[str, str]]) -> tuple[int, int]:
+    """How many data statements, and how many of them wrote."""
+    verbs = [query["sql"].lstrip().split(None, 1)[0].upper() for query in queries]
+    data = [verb for verb in verbs if verb not in _TRANSACTION_CONTROL]
+    return len(data), sum(verb in _WRITES for verb in data)
+
+
+def trips_per_cycle(workload: Workload, cycles: int = 10) -> Trips:
+    """Mean round trips of one cycle (checking each cycle's outcome on the way).
+
+    Database statements are captured through Django's debug cursor, which this
+    untimed pass turns on: the timed runs never pay for the logging.
+    """
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    redis_total = db_total = writes_total = 0
     for _ in range(cycles):
-        with counting_round_trips() as counter:
+        with counting_round_trips() as counter, CaptureQueriesContext(connection) as queries:
             key = workload.run()
-        total += counter.count
+        redis_total += counter.count
+        statements, writes = _statements(queries.captured_queries)
+        db_total += statements
+        writes_total += writes
         workload.check(key)
         workload.after(key)
-    return total / cycles
+    return Trips(redis_total / cycles, db_total / cycles, writes_total / cycles)
 
 
 def cpu_per_cycle(workload: Workload, seconds: float) -> tuple[float, float]:
@@ -154,5 +186,5 @@ def footprint(workload: Workload) -> Footprint:
         raw_encoding: Any = admin.object("encoding", names[0])
         encoding = raw_encoding.decode() if isinstance(raw_encoding, bytes) else str(raw_encoding)
     finally:
-        admin.delete(*workload.engine.leftovers(key))
+        workload.engine.discard(admin, key)
     return Footprint(used, encoding, names, other)

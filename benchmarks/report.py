@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .engines import DJANGO_CACHE, OURS, RAW_FLOOR
+from .engines import CACHED_DB, DJANGO_CACHE, DJANGO_DB, HYBRID, OURS, RAW_FLOOR
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class Result:
     # Half the interquartile range of the runs' ops/s, in % of the median: the noise.
     spread_pct: float
     round_trips: float
+    # SQL statements per cycle (transaction control left out), and how many wrote.
+    db_statements: float
+    db_writes: float
     client_cpu_us: float
     server_cpu_us: float
     runs_ops_per_second: list[float]
@@ -64,6 +67,8 @@ OURS_LISTPACK = "elastic*"
 # Ours over Django's cache engine, in ops/s (None: reported, no target).
 CACHE_TARGETS = {"create": None, "change": 1.3, "unchanged": 2.0, "load": 1.0}
 FLOOR_TARGET = 0.8
+# The hybrid engine over Django's cached_db (both: database + Redis), in ops/s.
+CACHED_DB_TARGETS = {"create": None, "change": 1.0, "unchanged": 1.0, "load": None}
 BYTES_TARGET = 1.0
 
 
@@ -76,6 +81,19 @@ def paired_ratio(ours: list[float], other: list[float]) -> float:
 def ratios(results: list[Result], memory: list[Memory]) -> list[Ratio]:
     runs = {(r.engine, r.cycle, r.size): r.runs_ops_per_second for r in results}
     found: list[Ratio] = []
+    for (engine, cycle, size), hybrid in runs.items():
+        if engine != HYBRID:
+            continue
+        cached_db = runs.get((CACHED_DB, cycle, size))
+        if cached_db:
+            bound = CACHED_DB_TARGETS.get(cycle)
+            target = f">= {bound}" if bound else ""
+            value = paired_ratio(hybrid, cached_db)
+            found.append(Ratio("ops/s  hybrid / cached-db", size, cycle, value, target))
+        django_db = runs.get((DJANGO_DB, cycle, size))
+        if django_db:
+            value = paired_ratio(hybrid, django_db)
+            found.append(Ratio("ops/s  hybrid / django-db", size, cycle, value, ""))
     for (engine, cycle, size), ours in runs.items():
         if engine != OURS:
             continue
@@ -108,13 +126,14 @@ def ratios(results: list[Result], memory: list[Memory]) -> list[Ratio]:
     return found
 
 
-def _round_trips(value: float) -> str:
+def per_cycle(value: float) -> str:
+    """A count per cycle: whole when it is, else two decimals."""
     return f"{value:.0f}" if value == int(value) else f"{value:.2f}"
 
 
 def results_table(results: list[Result], labels: dict[str, str]) -> str:
     head = f"{'size':<5} {'cycle':<44} {'engine':<15} {'ops/s':>8} {'±%':>4} {'p50 µs':>8} "
-    head += f"{'p99 µs':>8} {'RT':>3} {'client':>7} {'server':>7}"
+    head += f"{'p99 µs':>8} {'RT':>3} {'DB':>4} {'DBw':>4} {'client':>7} {'server':>7}"
     lines = [head, "-" * len(head)]
     previous = None
     for r in results:
@@ -124,7 +143,8 @@ def results_table(results: list[Result], labels: dict[str, str]) -> str:
         lines.append(
             f"{r.size:<5} {labels[r.cycle]:<44} {r.engine:<15} {r.ops_per_second:>8,.0f} "
             f"{r.spread_pct:>4.0f} "
-            f"{r.p50_us:>8.1f} {r.p99_us:>8.1f} {_round_trips(r.round_trips):>3} "
+            f"{r.p50_us:>8.1f} {r.p99_us:>8.1f} {per_cycle(r.round_trips):>3} "
+            f"{per_cycle(r.db_statements):>4} {per_cycle(r.db_writes):>4} "
             f"{r.client_cpu_us:>7.1f} {r.server_cpu_us:>7.1f}"
         )
     return "\n".join(lines)
@@ -162,11 +182,12 @@ def ratios_table(found: list[Ratio], labels: dict[str, str]) -> str:
 
 
 def write_json(path: Path, meta: dict[str, Any], results: list[Result], memory: list[Memory],
-               found: list[Ratio]) -> None:  # fmt: skip
+               found: list[Ratio], *, extra: dict[str, Any]) -> None:  # fmt: skip
     payload = {
         "meta": meta,
         "results": [asdict(r) for r in results],
         "memory": [asdict(m) for m in memory],
         "ratios": [{**asdict(r), "verdict": r.verdict} for r in found],
+        **extra,
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")

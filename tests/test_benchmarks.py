@@ -8,6 +8,7 @@ per session, that every engine really did its cycle).
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINES = {"elastic", "django-cache", "redis-sessions", "raw-floor"}
+ENGINES = {
+    "elastic",
+    "hybrid",
+    "django-cache",
+    "cached-db",
+    "django-db",
+    "redis-sessions",
+    "raw-floor",
+}
 CYCLES = {"create", "change", "unchanged", "load"}
+SIZES = ("200B", "4KB")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +48,7 @@ def test_every_engine_runs_every_cycle(quick_run):
     """Each (engine, cycle, size) has timed cycles (each checked by the benchmark first)."""
     _, payload = quick_run
     seen = {(r["engine"], r["cycle"], r["size"]) for r in payload["results"]}
-    assert seen == {(e, c, s) for e in ENGINES for c in CYCLES for s in ("200B", "4KB")}
+    assert seen == {(e, c, s) for e in ENGINES for c in CYCLES for s in SIZES}
     assert all(r["timed_ops"] > 0 and r["ops_per_second"] > 0 for r in payload["results"])
 
 
@@ -46,7 +56,7 @@ def test_round_trips_per_cycle(quick_run):
     """Ours: load 1 (touch included), a change 1 more, an unchanged request none more."""
     _, payload = quick_run
     trips = {(r["engine"], r["cycle"], r["size"]): r["round_trips"] for r in payload["results"]}
-    for size in ("200B", "4KB"):
+    for size in SIZES:
         assert trips["elastic", "load", size] == 1
         assert trips["elastic", "unchanged", size] == 1
         assert trips["elastic", "change", size] == 2
@@ -56,21 +66,70 @@ def test_round_trips_per_cycle(quick_run):
         assert trips["django-cache", "unchanged", size] == 3
 
 
+def test_database_statements_per_cycle(quick_run):
+    """Hybrid: an unchanged request and a load write nothing to the database; a change
+    and a create do.  Django's engines: one write per save, none for Redis-only engines."""
+    _, payload = quick_run
+    by_key = {(r["engine"], r["cycle"], r["size"]): r for r in payload["results"]}
+    for size in SIZES:
+        # The hybrid engine reads the database now and then (reconciling its
+        # Redis copies), so only its writes are deterministic.
+        assert by_key["hybrid", "unchanged", size]["db_writes"] == 0
+        assert by_key["hybrid", "load", size]["db_writes"] == 0
+        assert by_key["hybrid", "change", size]["db_writes"] >= 1
+        assert by_key["hybrid", "create", size]["db_writes"] >= 1
+        # Served from Redis: one round trip, as for the Redis engine.
+        assert by_key["hybrid", "unchanged", size]["round_trips"] == 1
+        assert by_key["hybrid", "load", size]["round_trips"] == 1
+        for cycle in ("change", "unchanged"):
+            assert by_key["cached-db", cycle, size]["db_writes"] == 1
+            assert by_key["django-db", cycle, size]["db_statements"] == 2  # SELECT, UPDATE
+            assert by_key["django-db", cycle, size]["db_writes"] == 1
+        assert by_key["django-db", "load", size]["db_statements"] == 1
+        assert by_key["django-db", "load", size]["round_trips"] == 0
+        for cycle in CYCLES:
+            assert by_key["elastic", cycle, size]["db_statements"] == 0
+
+
+def test_breaker_open_section(quick_run):
+    """With its Redis killed, the hybrid engine's change and load cycles ran from the
+    database next to django-db, with finite latencies and the configured timeout."""
+    stdout, payload = quick_run
+    section = payload["breaker_open"]
+    seen = {(r["engine"], r["cycle"], r["size"]) for r in section["rows"]}
+    assert seen == {(e, c, s) for e in ("hybrid", "django-db") for c in ("change", "load")
+                    for s in SIZES}  # fmt: skip
+    for row in section["rows"]:
+        assert row["timed_ops"] > 0
+        assert math.isfinite(row["p99_us"]) and row["p99_us"] > 0
+        if row["engine"] == "hybrid" and row["cycle"] == "load":
+            assert row["db_writes"] == 0
+    assert len(section["p99_ratios"]) == 2 * len(SIZES)
+    assert all(math.isfinite(r["p99_ratio"]) for r in section["p99_ratios"])
+    assert section["socket_timeout_s"] > 0
+    assert "Breaker open" in stdout and "SOCKET_TIMEOUT" in stdout
+
+
 def test_bytes_per_session_no_more_than_the_raw_floor(quick_run):
     """Redis memory per session (MEMORY USAGE) is at most a plain JSON string's."""
     _, payload = quick_run
     used = {(m["engine"], m["size"]): m["bytes"] for m in payload["memory"]}
-    for size in ("200B", "4KB"):
+    for size in SIZES:
         assert used["elastic", size] <= used["raw-floor", size]
+        # The hybrid copy is the same hash plus its version and durable expiry.
+        assert used["hybrid", size] > used["elastic", size]
+    assert not any(m["engine"] == "django-db" for m in payload["memory"])
 
 
 def test_report_prints_every_targeted_ratio(quick_run):
     """The printed report carries each target ratio with a verdict."""
     stdout, payload = quick_run
     targeted = [r for r in payload["ratios"] if r["target"]]
-    # change/unchanged/load against Django's cache and the floor, plus bytes, per size.
-    assert len(targeted) == 2 * (3 * 2 + 1)
+    # change/unchanged/load against Django's cache and the floor, plus bytes, plus
+    # hybrid against cached_db on change and unchanged, per size.
+    assert len(targeted) == 2 * (3 * 2 + 1 + 2)
     for ratio in targeted:
         assert ratio["verdict"] in {"PASS", "FAIL"}
     assert "Ratios" in stdout
     assert "elastic_sessions.backends.redis" in stdout
+    assert "hybrid / cached-db" in stdout
