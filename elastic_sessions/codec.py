@@ -117,6 +117,11 @@ def serialized_field(key: str) -> bytes:
     return ESCAPE_MARK + name if name and name[:1] <= _LAST_RESERVED else name
 
 
+def key_bytes_of_field(field: bytes) -> bytes:
+    """The session key a field name stores, still encoded (no decoding to fail)."""
+    return field[1:] if field[:1] in _MARKS else field
+
+
 # Field names repeat across requests (the same few keys in every session), so
 # their decoded keys are remembered; bounded, as names come from stored data.
 _KEYS_OF_FIELDS: dict[bytes, str] = {}

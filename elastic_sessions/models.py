@@ -44,18 +44,26 @@ class DurableSession(models.Model):
 
 
 class DurableSessionField(models.Model):
-    """One field of a session: a top-level session key's stored name and value."""
+    """One top-level session key of a session: its stored field name and value.
+
+    Unique per session *key*, not per field name: a key whose value changes form
+    (text, serialized, compressed: see codec.py) keeps one row, updated in
+    place by the same upsert, with no delete of its other forms.
+    """
 
     session = models.ForeignKey(
         DurableSession, on_delete=models.CASCADE, related_name="fields", db_column="storage_id"
     )
+    # The session key as UTF-8 (surrogates passed through), without the mark.
+    key = models.BinaryField(max_length=1024)
+    # The Redis field name (the key with its form's mark) and value.
     name = models.BinaryField(max_length=1024)
     value = models.BinaryField()
 
     class Meta:
         db_table = "elastic_sessions_field"
         constraints = [
-            models.UniqueConstraint(fields=["session", "name"], name="elastic_sessions_field_name")
+            models.UniqueConstraint(fields=["session", "key"], name="elastic_sessions_field_key")
         ]
 
     def __str__(self) -> str:

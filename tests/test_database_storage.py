@@ -8,7 +8,7 @@ import pytest
 
 from elastic_sessions.codec import SessionMeta
 from elastic_sessions.keys import StorageId
-from elastic_sessions.models import DurableSession, RedisInvalidation
+from elastic_sessions.models import DurableSession, DurableSessionField, RedisInvalidation
 from elastic_sessions.storage import database
 from elastic_sessions.storage.database import DatabaseSessionStorage
 from elastic_sessions.storage.redis import IndexChange, WritePlan
@@ -209,3 +209,23 @@ async def test_async_twins(store):
     assert await store.atouch(SID, int(time.time()) + 2 * DAY)
     await store.adelete(SID, invalidate_redis=False)
     assert await store.aload(SID) is None
+
+
+def test_a_key_changing_form_keeps_one_row(store):
+    """A key stored as text, then serialized, is one row updated in place; its
+    other forms named in the plan's deletes do not delete the new value."""
+    created(store, **{"\x01a": b"x"})
+    store.write(
+        SID,
+        plan(sets={b"a": b"1"}, deletes=[b"\x01a", b"\x03a"]),
+        invalidate_redis=False,
+    )
+    record = store.load(SID)
+    assert record is not None
+    assert record.fields == {b"a": b"1"}
+    assert DurableSessionField.objects.filter(session_id=SID).count() == 1
+    store.write(SID, plan(deletes=[b"\x01a", b"\x03a", b"a"]), invalidate_redis=False)
+    assert DurableSessionField.objects.filter(session_id=SID).count() == 0
+    record = store.load(SID)
+    assert record is not None
+    assert record.fields == {}

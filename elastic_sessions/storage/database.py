@@ -30,7 +30,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Least
 
-from ..codec import SessionMeta
+from ..codec import SessionMeta, key_bytes_of_field
 from ..keys import StorageId
 from ..models import DurableSession, DurableSessionField, RedisInvalidation
 from .redis import WritePlan
@@ -77,6 +77,8 @@ class DatabaseSessionStorage:
     # -- load ---------------------------------------------------------------
     def load(self, sid: StorageId) -> DurableRecord | None:
         """The live session under ``sid``, or None (missing or expired)."""
+        if connection.vendor in _LEAST:
+            return _load_joined(sid)
         row = (
             DurableSession.objects.filter(pk=sid, expires_at__gt=int(time.time()))
             .values_list("created", "deadline", "idle", "expires_at", "version", "user_id")
@@ -88,6 +90,8 @@ class DatabaseSessionStorage:
         return _record(row, list(fields))
 
     async def aload(self, sid: StorageId) -> DurableRecord | None:
+        if connection.vendor in _LEAST:
+            return await sync_to_async(_load_joined)(sid)
         row = await (
             DurableSession.objects.filter(pk=sid, expires_at__gt=int(time.time()))
             .values_list("created", "deadline", "idle", "expires_at", "version", "user_id")
@@ -335,18 +339,58 @@ def _update_returning(
 
 
 def _apply_fields(sid: StorageId, plan: WritePlan) -> None:
-    if plan.deletes:
-        DurableSessionField.objects.filter(session_id=sid, name__in=plan.deletes).delete()
+    # Rows are per session key: a key set in another form is updated in place,
+    # so only keys that are gone are deleted (the plan's deletes also name the
+    # other forms of the keys it sets, which Redis needs and rows do not).
+    kept = {key_bytes_of_field(name) for name in plan.sets}
+    gone = {key_bytes_of_field(name) for name in plan.deletes} - kept
+    if gone:
+        DurableSessionField.objects.filter(session_id=sid, key__in=gone).delete()
     if plan.sets:
-        DurableSessionField.objects.bulk_create(
-            [
-                DurableSessionField(session_id=sid, name=name, value=value)
-                for name, value in plan.sets.items()
-            ],
-            update_conflicts=True,
-            unique_fields=["session", "name"],
-            update_fields=["value"],
+        _upsert_fields(sid, plan.sets)
+
+
+def _upsert_fields(sid: StorageId, sets: dict[bytes, bytes]) -> None:
+    rows = [(sid, key_bytes_of_field(name), name, value) for name, value in sets.items()]
+    if connection.vendor in _LEAST:
+        # One statement, without the ORM building model instances for it.
+        table = connection.ops.quote_name(DurableSessionField._meta.db_table)
+        values = ", ".join(["(%s, %s, %s, %s)"] * len(rows))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (storage_id, key, name, value) VALUES {values} "
+                "ON CONFLICT (storage_id, key) "
+                "DO UPDATE SET name = excluded.name, value = excluded.value",
+                [item for row in rows for item in row],
+            )
+        return
+    DurableSessionField.objects.bulk_create(
+        [
+            DurableSessionField(session_id=sid, key=key, name=name, value=value)
+            for sid, key, name, value in rows
+        ],
+        update_conflicts=True,
+        unique_fields=["session", "key"],
+        update_fields=["name", "value"],
+    )
+
+
+def _load_joined(sid: StorageId) -> DurableRecord | None:
+    """The session row and its fields in one query (SQLite, PostgreSQL)."""
+    session = connection.ops.quote_name(DurableSession._meta.db_table)
+    field = connection.ops.quote_name(DurableSessionField._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT s.created, s.deadline, s.idle, s.expires_at, s.version, s.user_id, "
+            f"f.name, f.value FROM {session} s LEFT JOIN {field} f "
+            "ON f.storage_id = s.storage_id WHERE s.storage_id = %s AND s.expires_at > %s",
+            [sid, int(time.time())],
         )
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    fields = [(name, value) for *_, name, value in rows if name is not None]
+    return _record(tuple(rows[0][:6]), fields)
 
 
 def _queue_invalidation(sid: StorageId, now: int) -> None:

@@ -90,7 +90,8 @@ class HybridStorage:
         # The probe's own read happened before Redis was reconciled: not served.
         probing = use_redis and breaker.state is not BreakerState.CLOSED
         if use_redis:
-            self._reconcile_now_and_then()
+            if not probing:  # a probe reconciles anyway, before the breaker closes
+                self._reconcile_now_and_then()
             try:
                 hit = self.copy.load(sid, touch_interval_ms)
             except SessionStoreUnavailable as err:
@@ -128,7 +129,8 @@ class HybridStorage:
         # The probe's own read happened before Redis was reconciled: not served.
         probing = use_redis and breaker.state is not BreakerState.CLOSED
         if use_redis:
-            await self._areconcile_now_and_then()
+            if not probing:  # a probe reconciles anyway, before the breaker closes
+                await self._areconcile_now_and_then()
             try:
                 hit = await self.copy.aload(sid, touch_interval_ms)
             except SessionStoreUnavailable as err:
