@@ -270,29 +270,12 @@ def _create(sid: StorageId, plan: WritePlan, now: int) -> DurableWrite:
 
 
 def _update(sid: StorageId, plan: WritePlan, now: int) -> DurableWrite:
-    live = DurableSession.objects.filter(pk=sid, expires_at__gt=now)
     idle = min(plan.idle, _MAX_SECONDS)
-    # The new expiry from the row's own deadline, in the same statement that
-    # locks the row: nothing is read before the lock is held.
-    expires = Least(F("deadline"), Value(now + idle if idle > 0 else _MAX_SECONDS))
-    if plan.fixed_expiry:
-        expires = Least(expires, Value(plan.fixed_expiry))
+    # The new expiry comes from the row's own deadline, in the same statement
+    # that locks the row: nothing is read before the lock is held.
     row = _update_returning(sid, plan, idle, now)
     if row is _NO_RETURNING:
-        changes: dict[str, object] = {
-            "version": F("version") + 1,
-            "idle": idle,
-            "expires_at": expires,
-        }
-        if plan.index is not None:  # a login, a logout or a user switch
-            changes["user_id"] = plan.index.add_user
-        row = (
-            DurableSession.objects.values_list("created", "deadline", "expires_at", "version").get(
-                pk=sid
-            )
-            if live.update(**changes)
-            else None
-        )
+        row = _update_then_read(sid, plan, idle, now)
     if row is None:
         return DurableWrite(-1)
     created, deadline, expires_at, version = row
@@ -301,6 +284,23 @@ def _update(sid: StorageId, plan: WritePlan, now: int) -> DurableWrite:
         DurableSession.objects.filter(pk=sid).delete()
         return DurableWrite(-2)
     return DurableWrite(1, SessionMeta(created, deadline, idle), expires_at, version)
+
+
+def _update_then_read(
+    sid: StorageId, plan: WritePlan, idle: int, now: int
+) -> tuple[int, int, int, int] | None:
+    """The ORM's way, for databases whose UPDATE cannot return the row."""
+    expires = Least(F("deadline"), Value(now + idle if idle > 0 else _MAX_SECONDS))
+    if plan.fixed_expiry:
+        expires = Least(expires, Value(plan.fixed_expiry))
+    changes: dict[str, object] = {"version": F("version") + 1, "idle": idle, "expires_at": expires}
+    if plan.index is not None:  # a login, a logout or a user switch
+        changes["user_id"] = plan.index.add_user
+    if not DurableSession.objects.filter(pk=sid, expires_at__gt=now).update(**changes):
+        return None
+    return DurableSession.objects.values_list("created", "deadline", "expires_at", "version").get(
+        pk=sid
+    )
 
 
 _NO_RETURNING: Any = object()
