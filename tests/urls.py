@@ -14,4 +14,6 @@ urlpatterns = [
     path("plain/", views.plain),
     path("async/set/<str:key>/<str:value>/", views.aset_value),
     path("async/get/<str:key>/", views.aget_value),
+    path("keys/<str:keys>/", views.session_keys),
+    path("swap/<str:key>/<str:value>/", views.swap_value),
 ]

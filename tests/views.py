@@ -48,3 +48,16 @@ def logout_view(request: HttpRequest) -> HttpResponse:
 
 def plain(request: HttpRequest) -> HttpResponse:
     return HttpResponse("plain")
+
+
+def session_keys(request: HttpRequest, keys: str) -> JsonResponse:
+    """The values of several keys (comma-separated) and the signed-in user, in one load."""
+    values = {key: request.session.get(key) for key in keys.split(",")}
+    return JsonResponse({"values": values, "user": request.session.get("_auth_user_id")})
+
+
+def swap_value(request: HttpRequest, key: str, value: str) -> JsonResponse:
+    """Set ``key`` and answer what it held before, and the signed-in user."""
+    before = request.session.get(key)
+    request.session[key] = value
+    return JsonResponse({"before": before, "user": request.session.get("_auth_user_id")})
