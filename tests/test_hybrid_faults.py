@@ -29,7 +29,6 @@ from django.test import Client
 from elastic_sessions.backends.hybrid import SessionStore
 from elastic_sessions.breaker import BreakerState, CircuitBreaker, breaker_for
 from elastic_sessions.codec import META_FIELD, codec_for
-from elastic_sessions.exceptions import SessionStoreUnavailable
 from elastic_sessions.keys import storage_id
 from elastic_sessions.models import DurableSession
 from elastic_sessions.signals import store_degraded, store_recovered
@@ -392,11 +391,6 @@ def live_copies(server: RedisServer, keys: list[str]) -> int:
 
 
 # -- scenarios ------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=False,
-    reason="Now and then a stale read right after the breaker closes: the race pinned by "
-    "test_a_fallback_write_that_commits_after_the_breaker_closed_is_not_read_stale.",
-)
 def test_kill_9_then_restart_empty_under_load(faulty_redis, transitions, start_load):
     """Redis killed mid-run, then back with nothing: no failure, no lost write, no logout."""
     load = start_load()
@@ -422,11 +416,6 @@ def test_kill_9_then_restart_empty_under_load(faulty_redis, transitions, start_l
     assert live_copies(faulty_redis, load.own_keys) == THREADS  # Redis is used again
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Now and then a stale read right after the breaker closes: the race pinned by "
-    "test_a_fallback_write_that_commits_after_the_breaker_closed_is_not_read_stale.",
-)
 def test_restart_with_old_data_serves_nothing_stale_and_resurrects_nobody(
     faulty_redis, transitions, start_load
 ):
@@ -469,11 +458,6 @@ def test_restart_with_old_data_serves_nothing_stale_and_resurrects_nobody(
     assert live_copies(faulty_redis, [victim_key]) == 0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Now and then a stale read right after the breaker closes: the race pinned by "
-    "test_a_fallback_write_that_commits_after_the_breaker_closed_is_not_read_stale.",
-)
 def test_client_pause_longer_than_the_timeout_under_load(faulty_redis, transitions, start_load):
     """A Redis that stops answering for 1.5 s (CLIENT PAUSE) costs no request anything."""
     admin = faulty_redis.client()
@@ -499,16 +483,8 @@ def test_client_pause_longer_than_the_timeout_under_load(faulty_redis, transitio
     [
         "allkeys-lru",
         # Once nothing is left to evict, writes fail (OOM) and the breaker opens and
-        # closes again and again; evicted fences let older snapshots back too.
-        pytest.param(
-            "volatile-lru",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="Now and then a stale read: the races pinned by "
-                "test_a_fallback_write_that_commits_after_the_breaker_closed_is_not_read_stale "
-                "and test_an_evicted_fence_does_not_let_an_older_snapshot_back.",
-            ),
-        ),
+        # closes again and again; fences get evicted too.
+        "volatile-lru",
     ],
 )
 def test_tiny_maxmemory_with_eviction_under_load(faulty_redis, start_load, policy):
@@ -557,13 +533,6 @@ def saved(**data: object) -> str:
     return session.session_key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="A write that chose the database while the breaker was open and commits after "
-    "it closed is neither mirrored nor reconciled: a read-through of the older row "
-    "stays in Redis and is served (storage/hybrid.py, HybridStorage.write).",
-)
 def test_a_fallback_write_that_commits_after_the_breaker_closed_is_not_read_stale(
     faulty_redis, use_server
 ):
@@ -607,13 +576,6 @@ def test_a_fallback_write_that_commits_after_the_breaker_closed_is_not_read_stal
     assert SessionStore(key)["a"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SessionStoreUnavailable,
-    reason="DatabaseSessionStorage.delete reads before it writes, so on SQLite its "
-    "transaction must upgrade a read lock, which SQLite refuses at once while another "
-    "connection writes (storage/database.py, delete; also the ORM delete's own SELECT).",
-)
 def test_a_delete_waits_for_a_concurrent_writer_on_sqlite():
     """On SQLite a logout waits for a concurrent write (the busy timeout) like a save does."""
     if connection.vendor != "sqlite":
@@ -641,13 +603,6 @@ def test_a_delete_waits_for_a_concurrent_writer_on_sqlite():
     assert durable_values(key) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="A fence is an ordinary key with a TTL, so an eviction policy may remove it; "
-    "a read-through of an older row then passes REPOPULATE and is served "
-    "(storage/hybrid.py, HybridStorage.load; storage/scripts.py, REPOPULATE).",
-)
 def test_an_evicted_fence_does_not_let_an_older_snapshot_back(faulty_redis):
     """A read-through that read the database before a write cannot put the older
     state back, even when Redis evicted the write's fence meanwhile."""
@@ -662,11 +617,8 @@ def test_an_evicted_fence_does_not_let_an_older_snapshot_back(faulty_redis):
     session.save()
     assert admin.hkeys(redis_key_of(key)) == [b"\x04"]  # the fence
     admin.delete(redis_key_of(key))  # what allkeys-* or volatile-* eviction does to it
-    SessionStore.storage.copy.repopulate(
-        sid,
-        before_the_write.fields,
-        before_the_write.meta,
-        before_the_write.version,
-        before_the_write.expires_at,
-    )  # the read-through completes
+    # The read-through completes, as HybridStorage.load does it: copy, then check
+    # the version (the check is what catches a write whose fence was evicted).
+    storage = SessionStore.storage
+    storage._repopulate(sid, before_the_write, storage.breaker)
     assert SessionStore(key)["a"] == 2

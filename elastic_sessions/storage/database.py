@@ -27,7 +27,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Value
+from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Least
 
 from ..codec import SessionMeta, key_bytes_of_field
@@ -125,7 +125,7 @@ class DatabaseSessionStorage:
             if result.status == 1:
                 _apply_fields(sid, plan)
                 if invalidate_redis:
-                    _queue_invalidation(sid, now)
+                    _queue_invalidation(sid)
         return result
 
     async def awrite(
@@ -135,7 +135,16 @@ class DatabaseSessionStorage:
 
     def queue_invalidation(self, sid: StorageId) -> None:
         """Queue the session's Redis copy for deletion (a Redis write failed)."""
-        _queue_invalidation(sid, int(time.time()))
+        _queue_invalidation(sid)
+
+    def version_of(self, sid: StorageId) -> int | None:
+        """The session's current version (None: no such session)."""
+        return DurableSession.objects.filter(pk=sid).values_list("version", flat=True).first()
+
+    async def aversion_of(self, sid: StorageId) -> int | None:
+        return (
+            await DurableSession.objects.filter(pk=sid).values_list("version", flat=True).afirst()
+        )
 
     def touch(self, sid: StorageId, expires_at: int) -> bool:
         """Move a session's expiry forward (never back, never past its deadline)."""
@@ -156,10 +165,11 @@ class DatabaseSessionStorage:
     def delete(self, sid: StorageId, *, invalidate_redis: bool) -> str | None:
         """Delete the session; returns who owned it (None: nobody, or no session)."""
         with transaction.atomic():
+            _lock_rows(DurableSession.objects.filter(pk=sid))
             owner = DurableSession.objects.filter(pk=sid).values_list("user_id", flat=True).first()
             DurableSession.objects.filter(pk=sid).delete()
             if invalidate_redis:
-                _queue_invalidation(sid, int(time.time()))
+                _queue_invalidation(sid)
         return owner
 
     async def adelete(self, sid: StorageId, *, invalidate_redis: bool) -> str | None:
@@ -170,17 +180,13 @@ class DatabaseSessionStorage:
     ) -> list[StorageId]:
         """Delete those of ``sids`` that belong to ``user_id``; returns them."""
         with transaction.atomic():
-            owned = [
-                StorageId(sid)
-                for sid in DurableSession.objects.filter(pk__in=sids, user_id=user_id)
-                .select_for_update()
-                .values_list("pk", flat=True)
-            ]
+            mine = DurableSession.objects.filter(pk__in=sids, user_id=user_id)
+            _lock_rows(mine)
+            owned = [StorageId(sid) for sid in mine.values_list("pk", flat=True)]
             DurableSession.objects.filter(pk__in=owned, user_id=user_id).delete()
             if invalidate_redis:
-                now = int(time.time())
                 for sid in owned:
-                    _queue_invalidation(sid, now)
+                    _queue_invalidation(sid)
         return owned
 
     async def adelete_owned(
@@ -204,14 +210,19 @@ class DatabaseSessionStorage:
         return await sync_to_async(self.user_sessions)(user_id)
 
     # -- Redis reconciliation -----------------------------------------------
-    def queued_invalidations(self, limit: int) -> list[StorageId]:
-        """Sessions whose Redis copy must go before Redis is trusted again."""
-        ids = RedisInvalidation.objects.order_by("queued_at").values_list("storage_id", flat=True)
-        return [StorageId(sid) for sid in ids[:limit]]
+    def queued_invalidations(self, limit: int) -> list[tuple[StorageId, int]]:
+        """``(storage id, queued_at)`` of sessions whose Redis copy must go before
+        Redis is trusted again, oldest first."""
+        rows = RedisInvalidation.objects.order_by("queued_at").values_list(
+            "storage_id", "queued_at"
+        )
+        return [(StorageId(sid), queued_at) for sid, queued_at in rows[:limit]]
 
-    def forget_invalidations(self, sids: Sequence[StorageId], queued_before: int) -> None:
-        """Drop queue entries handled; an entry queued again since stays."""
-        RedisInvalidation.objects.filter(pk__in=sids, queued_at__lt=queued_before).delete()
+    def forget_invalidations(self, entries: Sequence[tuple[StorageId, int]]) -> None:
+        """Drop the queue entries handled, exactly as read: an entry queued again
+        since (a newer ``queued_at``) stays for the next pass."""
+        for sid, queued_at in entries:
+            RedisInvalidation.objects.filter(pk=sid, queued_at=queued_at).delete()
 
     def purge_expired(self, now: int, batch_size: int) -> int:
         """Delete up to ``batch_size`` ended sessions; returns how many."""
@@ -222,12 +233,23 @@ class DatabaseSessionStorage:
         )
         if not ids:
             return 0
-        DurableSession.objects.filter(pk__in=ids, expires_at__lte=now).delete()
+        with transaction.atomic():
+            ended = DurableSession.objects.filter(pk__in=ids, expires_at__lte=now)
+            _lock_rows(ended)
+            ended.delete()
         return len(ids)
 
 
 # BinaryField values come back as bytes or memoryview, by database.
 _Stored = bytes | memoryview
+
+
+def _lock_rows(rows: QuerySet[DurableSession]) -> None:
+    # A write as the transaction's first statement: it takes the write lock at
+    # once (SQLite waits for it with its busy timeout; a read first would have
+    # to upgrade its lock later, which SQLite refuses at once under a concurrent
+    # writer: "database is locked").  The ORM's delete() reads before it writes.
+    rows.update(version=F("version"))
 
 
 def _record(
@@ -393,9 +415,11 @@ def _load_joined(sid: StorageId) -> DurableRecord | None:
     return _record(tuple(rows[0][:6]), fields)
 
 
-def _queue_invalidation(sid: StorageId, now: int) -> None:
+def _queue_invalidation(sid: StorageId) -> None:
+    # Nanoseconds: a re-queue always changes queued_at, so a reconcile that read
+    # the older entry never forgets the newer one.
     RedisInvalidation.objects.bulk_create(
-        [RedisInvalidation(storage_id=sid, queued_at=now)],
+        [RedisInvalidation(storage_id=sid, queued_at=time.time_ns())],
         update_conflicts=True,
         unique_fields=["storage_id"],
         update_fields=["queued_at"],

@@ -101,7 +101,7 @@ class HybridStorage:
                 logger.warning("Ignored unreadable Redis copy of session %s (%s).", sid, err)
                 hit = None
             else:
-                use_redis = breaker.record_success(self.reconcile)
+                use_redis = self._succeeded(breaker, probing)
                 if use_redis and hit is not None and not probing:
                     self._touch_durably(sid, hit)
                     return hit.stored
@@ -110,12 +110,7 @@ class HybridStorage:
         if record is None:
             return None
         if use_redis:
-            try:
-                self.copy.repopulate(
-                    sid, record.fields, record.meta, record.version, record.expires_at
-                )
-            except SessionStoreUnavailable as err:
-                breaker.record_failure(err)
+            self._repopulate(sid, record, breaker)
         stored = _stored(record, None if use_redis else touch_interval_ms)
         if stored.touched_ttl_ms >= 0:
             # Served by the database (an outage): the expiry slides there, or an
@@ -140,7 +135,7 @@ class HybridStorage:
                 logger.warning("Ignored unreadable Redis copy of session %s (%s).", sid, err)
                 hit = None
             else:
-                use_redis = await breaker.arecord_success(self.areconcile)
+                use_redis = await self._asucceeded(breaker, probing)
                 if use_redis and hit is not None and not probing:
                     await self._atouch_durably(sid, hit)
                     return hit.stored
@@ -149,16 +144,71 @@ class HybridStorage:
         if record is None:
             return None
         if use_redis:
-            try:
-                await self.copy.arepopulate(
-                    sid, record.fields, record.meta, record.version, record.expires_at
-                )
-            except SessionStoreUnavailable as err:
-                await breaker.arecord_failure(err)
+            await self._arepopulate(sid, record, breaker)
         stored = _stored(record, None if use_redis else touch_interval_ms)
         if stored.touched_ttl_ms >= 0:
             await sync_to_async(self._touch_durably_or_log)(sid, record, stored)
         return stored
+
+    # -- breaker bookkeeping and read-through ----------------------------------
+    def _succeeded(self, breaker: CircuitBreaker, probing: bool) -> bool:
+        """Report a Redis success; True if Redis may be used now.
+
+        The probe that closes the breaker reconciles twice: before closing (so no
+        request reads a stale copy) and right after, for database-only writes that
+        committed while it was closing.  A write that commits later finds the
+        breaker closed and does its own Redis step.
+        """
+        closed = breaker.record_success(self.reconcile)
+        if closed and probing:
+            self._reconcile_or_log()
+        return closed
+
+    async def _asucceeded(self, breaker: CircuitBreaker, probing: bool) -> bool:
+        closed = await breaker.arecord_success(self.areconcile)
+        if closed and probing:
+            await self._areconcile_or_log()
+        return closed
+
+    def _repopulate(self, sid: StorageId, record: DurableRecord, breaker: CircuitBreaker) -> None:
+        """Copy a database snapshot to Redis, then check it is still the latest.
+
+        A fence stops older snapshots, but eviction can remove fences; a write
+        that committed between the snapshot and the copy shows up as a newer
+        version, and the copy goes (the next load reads the database again).
+        Until the check confirms it, the copy is marked pending: no other load
+        serves it in between.
+        """
+        try:
+            mark = self.copy.repopulate(
+                sid, record.fields, record.meta, record.version, record.expires_at
+            )
+            if mark:
+                with database_outages("check a session's version"):
+                    current = self.db.version_of(sid)
+                if current == record.version:
+                    self.copy.confirm(sid, mark)
+                else:
+                    self.copy.drop([sid])
+        except SessionStoreUnavailable as err:
+            breaker.record_failure(err)
+
+    async def _arepopulate(
+        self, sid: StorageId, record: DurableRecord, breaker: CircuitBreaker
+    ) -> None:
+        try:
+            mark = await self.copy.arepopulate(
+                sid, record.fields, record.meta, record.version, record.expires_at
+            )
+            if mark:
+                with database_outages("check a session's version"):
+                    current = await self.db.aversion_of(sid)
+                if current == record.version:
+                    await self.copy.aconfirm(sid, mark)
+                else:
+                    await self.copy.adrop([sid])
+        except SessionStoreUnavailable as err:
+            await breaker.arecord_failure(err)
 
     def _touch_durably_or_log(
         self, sid: StorageId, record: DurableRecord, stored: StoredSession
@@ -198,6 +248,7 @@ class HybridStorage:
     def write(self, sid: StorageId, plan: WritePlan) -> WriteResult:
         breaker = self.breaker
         use_redis = breaker.allow()
+        probing = use_redis and breaker.state is not BreakerState.CLOSED
         if use_redis and not plan.create:
             try:
                 self.copy.mark_pending(sid)
@@ -206,19 +257,20 @@ class HybridStorage:
                 use_redis = False
         with database_outages("save a session"):
             durable = self.db.write(sid, plan, invalidate_redis=not use_redis)
-        if durable.status == 1 and use_redis:
+        if durable.status == 1 and (use_redis or _closed(breaker)):
             try:
                 self.copy.write(sid, plan, *_mirror_args(durable))
             except SessionStoreUnavailable as err:
                 breaker.record_failure(err)
                 self._queue_invalidation(sid)
             else:
-                breaker.record_success(self.reconcile)
+                self._succeeded(breaker, probing)
         return WriteResult(durable.status, durable.meta)
 
     async def awrite(self, sid: StorageId, plan: WritePlan) -> WriteResult:
         breaker = self.breaker
         use_redis = breaker.allow()
+        probing = use_redis and breaker.state is not BreakerState.CLOSED
         if use_redis and not plan.create:
             try:
                 await self.copy.amark_pending(sid)
@@ -227,14 +279,14 @@ class HybridStorage:
                 use_redis = False
         with database_outages("save a session"):
             durable = await self.db.awrite(sid, plan, invalidate_redis=not use_redis)
-        if durable.status == 1 and use_redis:
+        if durable.status == 1 and (use_redis or _closed(breaker)):
             try:
                 await self.copy.awrite(sid, plan, *_mirror_args(durable))
             except SessionStoreUnavailable as err:
                 await breaker.arecord_failure(err)
                 await sync_to_async(self._queue_invalidation)(sid)
             else:
-                await breaker.arecord_success(self.areconcile)
+                await self._asucceeded(breaker, probing)
         return WriteResult(durable.status, durable.meta)
 
     def _queue_invalidation(self, sid: StorageId) -> None:
@@ -246,32 +298,34 @@ class HybridStorage:
     def delete(self, sid: StorageId, expected_owner: str | None = None) -> DeleteResult:
         breaker = self.breaker
         use_redis = breaker.allow()
+        probing = use_redis and breaker.state is not BreakerState.CLOSED
         with database_outages("delete a session"):
             owner = self.db.delete(sid, invalidate_redis=not use_redis)
-        if use_redis:
+        if use_redis or _closed(breaker):
             try:
                 self.copy.fence_deleted(sid)
             except SessionStoreUnavailable as err:
                 breaker.record_failure(err)
                 self._queue_invalidation(sid)
             else:
-                breaker.record_success(self.reconcile)
+                self._succeeded(breaker, probing)
         # The owner's index is the database's user_id column: nothing to fix.
         return DeleteResult(owner is not None, None, None)
 
     async def adelete(self, sid: StorageId, expected_owner: str | None = None) -> DeleteResult:
         breaker = self.breaker
         use_redis = breaker.allow()
+        probing = use_redis and breaker.state is not BreakerState.CLOSED
         with database_outages("delete a session"):
             owner = await self.db.adelete(sid, invalidate_redis=not use_redis)
-        if use_redis:
+        if use_redis or _closed(breaker):
             try:
                 await self.copy.afence_deleted(sid)
             except SessionStoreUnavailable as err:
                 await breaker.arecord_failure(err)
                 await sync_to_async(self._queue_invalidation)(sid)
             else:
-                await breaker.arecord_success(self.areconcile)
+                await self._asucceeded(breaker, probing)
         return DeleteResult(owner is not None, None, None)
 
     # -- exists and the per-user index ----------------------------------------
@@ -320,9 +374,10 @@ class HybridStorage:
             return []
         breaker = self.breaker
         use_redis = breaker.allow()
+        probing = use_redis and breaker.state is not BreakerState.CLOSED
         with database_outages("revoke sessions"):
             ended = self.db.delete_owned(sids, _user_of(owner), invalidate_redis=not use_redis)
-        if use_redis and ended:
+        if ended and (use_redis or _closed(breaker)):
             try:
                 self.copy.fence_deleted_many(ended)
             except SessionStoreUnavailable as err:
@@ -330,7 +385,7 @@ class HybridStorage:
                 for sid in ended:
                     self._queue_invalidation(sid)
             else:
-                breaker.record_success(self.reconcile)
+                self._succeeded(breaker, probing)
         return ended
 
     async def adelete_all_if_owned(
@@ -340,11 +395,12 @@ class HybridStorage:
             return []
         breaker = self.breaker
         use_redis = breaker.allow()
+        probing = use_redis and breaker.state is not BreakerState.CLOSED
         with database_outages("revoke sessions"):
             ended = await self.db.adelete_owned(
                 sids, _user_of(owner), invalidate_redis=not use_redis
             )
-        if use_redis and ended:
+        if ended and (use_redis or _closed(breaker)):
             try:
                 await self.copy.afence_deleted_many(ended)
             except SessionStoreUnavailable as err:
@@ -352,7 +408,7 @@ class HybridStorage:
                 for sid in ended:
                     await sync_to_async(self._queue_invalidation)(sid)
             else:
-                await breaker.arecord_success(self.areconcile)
+                await self._asucceeded(breaker, probing)
         return ended
 
     def forget_user_sessions(self, user_id: str, sids: Sequence[StorageId]) -> None:
@@ -369,18 +425,17 @@ class HybridStorage:
         Runs before the breaker trusts Redis again (a failure here keeps it open)
         and every RECONCILE_INTERVAL seconds; returns how many copies went.
         """
-        started = int(time.time())
         dropped = 0
         while True:
             with database_outages("read the Redis invalidation queue"):
-                sids = self.db.queued_invalidations(_RECONCILE_BATCH)
-            if not sids:
+                entries = self.db.queued_invalidations(_RECONCILE_BATCH)
+            if not entries:
                 return dropped
-            self.copy.drop(sids)
+            self.copy.drop([sid for sid, _ in entries])
             with database_outages("update the Redis invalidation queue"):
-                self.db.forget_invalidations(sids, queued_before=started + 1)
-            dropped += len(sids)
-            if len(sids) < _RECONCILE_BATCH:
+                self.db.forget_invalidations(entries)
+            dropped += len(entries)
+            if len(entries) < _RECONCILE_BATCH:
                 return dropped
 
     async def areconcile(self) -> int:
@@ -388,23 +443,32 @@ class HybridStorage:
 
     def _reconcile_now_and_then(self) -> None:
         now = time.monotonic()
-        if now < self._next_reconcile:
-            return
-        self._next_reconcile = now + RECONCILE_INTERVAL
+        if now >= self._next_reconcile:
+            self._next_reconcile = now + RECONCILE_INTERVAL
+            self._reconcile_or_log()
+
+    async def _areconcile_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_reconcile:
+            self._next_reconcile = now + RECONCILE_INTERVAL
+            await self._areconcile_or_log()
+
+    def _reconcile_or_log(self) -> None:
         try:
             self.reconcile()
         except SessionStoreUnavailable as err:
             logger.warning("Could not reconcile Redis with the database: %s", err)
 
-    async def _areconcile_now_and_then(self) -> None:
-        now = time.monotonic()
-        if now < self._next_reconcile:
-            return
-        self._next_reconcile = now + RECONCILE_INTERVAL
+    async def _areconcile_or_log(self) -> None:
         try:
             await self.areconcile()
         except SessionStoreUnavailable as err:
             logger.warning("Could not reconcile Redis with the database: %s", err)
+
+
+def _closed(breaker: CircuitBreaker) -> bool:
+    # A function, so that mypy does not narrow the state read earlier.
+    return breaker.state is BreakerState.CLOSED
 
 
 def _summaries(rows: list[tuple[StorageId, SessionMeta, int]]) -> list[SessionSummary]:

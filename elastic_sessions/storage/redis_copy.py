@@ -20,6 +20,7 @@ from ..connection import get_async_client, get_client, translate_outages
 from ..keys import StorageId, session_redis_key
 from .redis import StoredSession, WritePlan, _parse_load, _touch, _touch_command
 from .scripts import (
+    CONFIRM_COPY,
     MARK_PENDING,
     ScriptCall,
     arun_pipeline,
@@ -95,22 +96,32 @@ class RedisCopy:
     def repopulate(
         self, sid: StorageId, fields: dict[bytes, bytes], meta: SessionMeta, version: int,
         expires_at: int,
-    ) -> bool:  # fmt: skip
+    ) -> int:  # fmt: skip
+        """Copy a snapshot, marked pending; returns the mark (0: refused)."""
         with translate_outages("copy a session to Redis"):
             reply = run_pipeline(
                 get_client(), [_repopulate_call(sid, fields, meta, version, expires_at)]
             )
-        return bool(reply[0])
+        return int(reply[0])
 
     async def arepopulate(
         self, sid: StorageId, fields: dict[bytes, bytes], meta: SessionMeta, version: int,
         expires_at: int,
-    ) -> bool:  # fmt: skip
+    ) -> int:  # fmt: skip
         with translate_outages("copy a session to Redis"):
             reply = await arun_pipeline(
                 get_async_client(), [_repopulate_call(sid, fields, meta, version, expires_at)]
             )
-        return bool(reply[0])
+        return int(reply[0])
+
+    def confirm(self, sid: StorageId, mark: int) -> None:
+        """Let loads use a repopulated copy (no round trip of its own)."""
+        with translate_outages("copy a session to Redis"):
+            send_later(get_client(), [_confirm_command(sid, mark)])
+
+    async def aconfirm(self, sid: StorageId, mark: int) -> None:
+        with translate_outages("copy a session to Redis"):
+            await asend_later(get_async_client(), [_confirm_command(sid, mark)])
 
     def fence_deleted(self, sid: StorageId) -> None:
         with translate_outages("delete a session"):
@@ -142,6 +153,13 @@ class RedisCopy:
         if sids:
             with translate_outages("reconcile Redis"):
                 execute(get_client(), [("DEL", session_redis_key(sid)) for sid in sids])
+
+    async def adrop(self, sids: Sequence[StorageId]) -> None:
+        if sids:
+            with translate_outages("reconcile Redis"):
+                await aexecute(
+                    get_async_client(), [("DEL", session_redis_key(sid)) for sid in sids]
+                )
 
     def note_durable_expiry(self, sid: StorageId, expires_at: int) -> None:
         """Record the database's new expiry in the copy (after a database touch)."""
@@ -201,6 +219,10 @@ def _repopulate_call(
         args += (name, value)
     args += (DURABLE_EXPIRY_FIELD, expires_at * 1000)
     return (repopulate_script, [session_redis_key(sid)], args)
+
+
+def _confirm_command(sid: StorageId, mark: int) -> tuple[Any, ...]:
+    return ("EVAL", CONFIRM_COPY, 1, session_redis_key(sid), mark)
 
 
 def _mark_command(sid: StorageId) -> tuple[Any, ...]:

@@ -181,7 +181,10 @@ return -1
 # ARGV[1]: the snapshot's version; ARGV[2]: its expiry, epoch ms; ARGV[3]: metadata
 # ARGV[4]: how old (ms) a save's pending mark must be to count as abandoned
 # ARGV[5 ..]: field, value pairs
-# Returns 1 written, 0 refused (a copy of this version or newer, or a newer fence).
+# Returns the pending mark it left on the copy (epoch ms), or 0 when refused (a
+# copy of this version or newer, or a newer fence).  The copy is written marked
+# pending: loads keep reading the database until the caller has checked that
+# the snapshot is still the latest version and confirmed it (CONFIRM_COPY).
 REPOPULATE = (
     "#!lua\n"
     + _CHUNKED_CALL
@@ -208,11 +211,20 @@ if stored then
 end
 redis.call('DEL', key)
 if #ARGV >= 5 then call_chunked('HSET', key, ARGV, 5, #ARGV) end
-redis.call('HSET', key, '\\0', ARGV[3], '\\4', version)
+local t = redis.call('TIME')
+local mark = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', key, '\\0', ARGV[3], '\\4', version, '\\6', mark)
 redis.call('PEXPIREAT', key, ARGV[2])
-return 1
+return mark
 """
 )
+
+# Clear the pending mark REPOPULATE left, if it is still that one.
+# KEYS[1]: the session hash; ARGV[1]: the mark REPOPULATE returned
+CONFIRM_COPY = """
+if redis.call('HGET', KEYS[1], '\\6') == ARGV[1] then redis.call('HDEL', KEYS[1], '\\6') end
+return 1
+"""
 
 # Mark a copy as about to change: sent (without waiting) before a save's
 # database transaction, cleared by the save's HYBRID_SAVE.  Loads read the
