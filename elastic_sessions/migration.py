@@ -1,0 +1,229 @@
+"""Move sessions from Django's own ``db``/``cached_db`` table into an elastic engine.
+
+A session keeps its key, so the browser's cookie stays valid and nobody is signed
+out by the switch.  Each session is created on the target atomically (never over
+a session that already exists there) and, once the target holds it, removed from
+the source, so a second run neither copies nor resurrects anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import reduce
+from importlib import import_module
+from operator import or_
+from typing import Any, cast
+
+from django.conf import settings
+from django.contrib.sessions.backends.base import CreateError
+from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
+from django.contrib.sessions.models import Session
+from django.core import signing
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Q
+
+from .backends.base import ElasticSessionBase
+from .keys import is_valid_session_key, storage_id
+
+logger = logging.getLogger(__name__)
+
+# A checkpoint is this many leading characters of the last session key handled:
+# enough to resume the ordered walk (at most a handful of keys are looked at
+# again, harmlessly), far too few to be a usable cookie (24 characters, about
+# 124 bits, stay secret), so it may be printed and kept in shell history.
+CHECKPOINT_LENGTH = 8
+
+
+@dataclass
+class MigrationReport:
+    """What one run did; ``failures`` counts the sessions that could not be moved."""
+
+    examined: int = 0
+    copied: int = 0
+    already_present: int = 0
+    expired: int = 0
+    undecodable: int = 0
+    incompatible_keys: int = 0
+    verified: int = 0
+    mismatched: int = 0
+    removed_from_source: int = 0
+    batches: int = 0
+    checkpoint: str = ""
+
+    @property
+    def failures(self) -> int:
+        return self.undecodable + self.incompatible_keys + self.mismatched
+
+
+def target_engine() -> type[ElasticSessionBase]:
+    """The ``SessionStore`` of ``settings.SESSION_ENGINE``, which must be an elastic engine.
+
+    Raises ``ImproperlyConfigured`` when it is not (for instance still Django's ``db``).
+    """
+    engine = settings.SESSION_ENGINE
+    store = getattr(import_module(engine), "SessionStore", None)
+    if not (isinstance(store, type) and issubclass(store, ElasticSessionBase)):
+        raise ImproperlyConfigured(
+            f"SESSION_ENGINE is {engine!r}; sessions can only be moved into an elastic "
+            "engine. Run this command with the settings of the new release, where "
+            "SESSION_ENGINE is 'elastic_sessions.backends.redis' or "
+            "'elastic_sessions.backends.hybrid'."
+        )
+    return store
+
+
+class _SourceExpiry:
+    """Mixin: the creating write expires when the source row would have.
+
+    Django's ``db`` engine moves ``expire_date`` only when a request saves the
+    session, so a fixed expiry at that moment is exactly what the user had: no
+    session outlives its source, and none ends sooner.  Only this write is fixed;
+    the first save on the new engine applies the site's usual (sliding) policy.
+    """
+
+    source_expiry: int = 0
+
+    def _expiry(self, data: dict[str, Any]) -> tuple[int, int]:
+        return 0, self.source_expiry
+
+
+def _migrating_store(engine: type[ElasticSessionBase]) -> type[ElasticSessionBase]:
+    return cast(
+        "type[ElasticSessionBase]",
+        type(f"Migrating{engine.__name__}", (_SourceExpiry, engine), {}),
+    )
+
+
+def source_decoder() -> Callable[[str], dict[str, Any]]:
+    """Decode ``session_data`` as Django's ``db`` and ``cached_db`` engines sign it.
+
+    Unlike ``SessionStore.decode``, which answers ``{}`` for anything it cannot
+    read, this raises, so an unreadable row is counted instead of copied empty.
+    """
+    # Both engines sign with the salt of a class named SessionStore; the
+    # serializer is the site's SESSION_SERIALIZER.
+    source = DatabaseSessionStore()
+
+    def decode(raw: str) -> dict[str, Any]:
+        data = signing.loads(raw, salt=source.key_salt, serializer=source.serializer)
+        if not isinstance(data, dict):
+            raise ValueError("the session data is not a dict")
+        return data
+
+    return decode
+
+
+def move_database_sessions(
+    report: MigrationReport,
+    *,
+    database: str = "default",
+    batch_size: int = 500,
+    after: str = "",
+    dry_run: bool = False,
+    keep_source: bool = False,
+    progress: Callable[[MigrationReport], None] = lambda _report: None,
+) -> None:
+    """Move every live row of Django's session table into ``settings.SESSION_ENGINE``.
+
+    Rows are read in batches of ``batch_size`` ordered by key, starting after
+    ``after`` (a checkpoint); ``report`` is updated as each batch completes, so it
+    is accurate even when an outage (``SessionStoreUnavailable``,
+    ``DatabaseError``) stops the run.  A row leaves the source only when the
+    target holds the session (copied and read back equal, or already there) and
+    the row was not changed meanwhile; ``keep_source`` leaves every row, and
+    ``dry_run`` changes nothing at all.
+    """
+    engine = target_engine()
+    writer = _migrating_store(engine)
+    decode = source_decoder()
+    rows = Session.objects.using(database).order_by("session_key")
+    while True:
+        batch = list(
+            rows.filter(session_key__gt=after).values_list(
+                "session_key", "session_data", "expire_date"
+            )[:batch_size]
+        )
+        if not batch:
+            return
+        done: list[tuple[str, str]] = []
+        for row in batch:
+            if _move_one(report, row, engine=engine, writer=writer, decode=decode, dry_run=dry_run):
+                done.append(row[:2])
+        if done and not (dry_run or keep_source):
+            # Only rows still as read: a row an old server saved meanwhile stays.
+            unchanged = reduce(or_, (Q(session_key=k, session_data=r) for k, r in done))
+            removed, _ = Session.objects.using(database).filter(unchanged).delete()
+            report.removed_from_source += removed
+        after = batch[-1][0]
+        report.batches += 1
+        report.checkpoint = after[:CHECKPOINT_LENGTH]
+        progress(report)
+
+
+def _move_one(
+    report: MigrationReport,
+    row: tuple[str, str, datetime],
+    *,
+    engine: type[ElasticSessionBase],
+    writer: type[ElasticSessionBase],
+    decode: Callable[[str], dict[str, Any]],
+    dry_run: bool,
+) -> bool:
+    """Move one row; True when the target now holds the session."""
+    key, raw, expire_date = row
+    report.examined += 1
+    expires_at = math.floor(expire_date.timestamp())
+    if expires_at <= time.time():
+        report.expired += 1  # left for Django's clearsessions
+        return False
+    if not is_valid_session_key(key):
+        # Django accepts keys of 8 characters or more; ours are exactly 32 of
+        # [a-z0-9] (a custom key generator made this one), so no cookie can carry over.
+        report.incompatible_keys += 1
+        logger.warning("A session key of another shape than Django's default was not moved.")
+        return False
+    sid = storage_id(key)
+    try:
+        data = decode(raw)
+    # Any serializer error means the same as a bad signature here: Django's own
+    # engine would have served an empty session.  Counted and logged, not copied.
+    except Exception as err:
+        report.undecodable += 1
+        logger.warning("Session %s could not be decoded and was not moved: %s", sid, err)
+        return False
+    if dry_run:
+        if engine().exists(key):
+            report.already_present += 1
+        else:
+            report.copied += 1
+        return False
+    store = writer(session_key=key)
+    cast(_SourceExpiry, store).source_expiry = expires_at
+    # Set the data directly instead of loading: a load of a key unknown to the
+    # target drops the key (session fixation protection).
+    store._session_cache = data
+    try:
+        store.save(must_create=True)
+    except CreateError:
+        # Created by an earlier run, or already in use on the new engine: either
+        # way, the target's copy is newer than ours and must not be overwritten.
+        report.already_present += 1
+        return True
+    report.copied += 1
+    if not _reads_back_equal(engine, key, data):
+        report.mismatched += 1
+        logger.warning("Session %s did not read back equal from the target after the copy.", sid)
+        return False
+    report.verified += 1
+    return True
+
+
+def _reads_back_equal(engine: type[ElasticSessionBase], key: str, data: dict[str, Any]) -> bool:
+    store = engine(session_key=key)
+    loaded = {name: store[name] for name in store.keys()}  # noqa: SIM118 (keys() loads)
+    return store.session_key == key and loaded == data
