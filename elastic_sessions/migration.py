@@ -1,4 +1,4 @@
-"""Move sessions from Django's own ``db``/``cached_db`` table into an elastic engine.
+"""Move sessions from Django's own engines (``db``, ``cached_db``, ``cache``) into ours.
 
 A session keeps its key, so the browser's cookie stays valid and nobody is signed
 out by the switch.  Each session is created on the target atomically (never over
@@ -13,21 +13,24 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from functools import reduce
+from functools import partial, reduce
 from importlib import import_module
+from itertools import islice
 from operator import or_
 from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError
+from django.contrib.sessions.backends.cache import SessionStore as CacheSessionStore
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.contrib.sessions.models import Session
 from django.core import signing
+from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Q
 
 from .backends.base import ElasticSessionBase
+from .exceptions import SessionStoreUnavailable
 from .keys import is_valid_session_key, storage_id
 
 logger = logging.getLogger(__name__)
@@ -118,6 +121,14 @@ def source_decoder() -> Callable[[str], dict[str, Any]]:
     return decode
 
 
+@dataclass(frozen=True, slots=True)
+class _SourceSession:
+    key: str
+    expires_at: int
+    # Raises when the stored data cannot be decoded.
+    read: Callable[[], dict[str, Any]]
+
+
 def move_database_sessions(
     report: MigrationReport,
     *,
@@ -138,8 +149,7 @@ def move_database_sessions(
     the row was not changed meanwhile; ``keep_source`` leaves every row, and
     ``dry_run`` changes nothing at all.
     """
-    engine = target_engine()
-    writer = _migrating_store(engine)
+    mover = _Mover(report, dry_run)
     decode = source_decoder()
     rows = Session.objects.using(database).order_by("session_key")
     while True:
@@ -150,10 +160,13 @@ def move_database_sessions(
         )
         if not batch:
             return
-        done: list[tuple[str, str]] = []
-        for row in batch:
-            if _move_one(report, row, engine=engine, writer=writer, decode=decode, dry_run=dry_run):
-                done.append(row[:2])
+        done = [
+            (key, raw)
+            for key, raw, expire_date in batch
+            if mover.move(
+                _SourceSession(key, math.floor(expire_date.timestamp()), partial(decode, raw))
+            )
+        ]
         if done and not (dry_run or keep_source):
             # Only rows still as read: a row an old server saved meanwhile stays.
             unchanged = reduce(or_, (Q(session_key=k, session_data=r) for k, r in done))
@@ -165,62 +178,129 @@ def move_database_sessions(
         progress(report)
 
 
-def _move_one(
+def move_cache_sessions(
     report: MigrationReport,
-    row: tuple[str, str, datetime],
     *,
-    engine: type[ElasticSessionBase],
-    writer: type[ElasticSessionBase],
-    decode: Callable[[str], dict[str, Any]],
-    dry_run: bool,
-) -> bool:
-    """Move one row; True when the target now holds the session."""
-    key, raw, expire_date = row
-    report.examined += 1
-    expires_at = math.floor(expire_date.timestamp())
-    if expires_at <= time.time():
-        report.expired += 1  # left for Django's clearsessions
-        return False
-    if not is_valid_session_key(key):
-        # Django accepts keys of 8 characters or more; ours are exactly 32 of
-        # [a-z0-9] (a custom key generator made this one), so no cookie can carry over.
-        report.incompatible_keys += 1
-        logger.warning("A session key of another shape than Django's default was not moved.")
-        return False
-    sid = storage_id(key)
+    cache_alias: str = "default",
+    batch_size: int = 500,
+    dry_run: bool = False,
+    keep_source: bool = False,
+    progress: Callable[[MigrationReport], None] = lambda _report: None,
+) -> None:
+    """Move the sessions of Django's ``cache`` engine on a django-redis ``cache_alias``.
+
+    The keys are found with ``SCAN`` (``batch_size`` is its ``COUNT`` hint and the
+    number handled between progress reports), so there is no order and no
+    checkpoint: a moved session leaves the cache, and a second run picks up what
+    is left.  Raises ``ImproperlyConfigured`` when the alias is not django-redis,
+    and ``SessionStoreUnavailable`` when its Redis cannot be reached.
+    """
+    cache = caches[cache_alias]
+    if not hasattr(cache, "iter_keys"):
+        raise ImproperlyConfigured(
+            f"CACHES[{cache_alias!r}] is not a django-redis cache; --source cache needs "
+            "django-redis (it finds the sessions with SCAN). Pass --cache-alias with the "
+            "alias of SESSION_CACHE_ALIAS."
+        )
+    # Imported here: django-redis is an optional dependency, present with such a cache.
+    from django_redis.exceptions import ConnectionInterrupted  # noqa: PLC0415
+
+    mover = _Mover(report, dry_run)
+    prefix = CacheSessionStore.cache_key_prefix
     try:
-        data = decode(raw)
-    # Any serializer error means the same as a bad signature here: Django's own
-    # engine would have served an empty session.  Counted and logged, not copied.
-    except Exception as err:
-        report.undecodable += 1
-        logger.warning("Session %s could not be decoded and was not moved: %s", sid, err)
-        return False
-    if dry_run:
-        if engine().exists(key):
+        keys = cache.iter_keys(f"{prefix}*", itersize=batch_size)
+        while batch := list(islice(keys, batch_size)):
+            done = []
+            for cache_key in batch:
+                session = _cache_session(cache, cache_key, prefix)
+                if session is not None and mover.move(session):
+                    done.append(cache_key)
+            if done and not (dry_run or keep_source):
+                cache.delete_many(done)
+                report.removed_from_source += len(done)
+            report.batches += 1
+            progress(report)
+    except ConnectionInterrupted as err:
+        raise SessionStoreUnavailable(
+            f"The Redis of CACHES[{cache_alias!r}] could not be reached"
+        ) from err
+
+
+def _cache_session(cache: Any, cache_key: str, prefix: str) -> _SourceSession | None:
+    ttl = cache.ttl(cache_key)
+    if ttl == 0:
+        return None  # expired or deleted since the SCAN saw it
+    # Django's cache engine always sets a timeout; a key without one gets the
+    # site's usual age rather than none.
+    age = settings.SESSION_COOKIE_AGE if ttl is None else ttl
+
+    def read() -> dict[str, Any]:
+        data = cache.get(cache_key)
+        if not isinstance(data, dict):
+            raise ValueError("the cached value is not a session dict")
+        return data
+
+    return _SourceSession(cache_key.removeprefix(prefix), math.floor(time.time()) + age, read)
+
+
+class _Mover:
+    """Moves one session at a time into ``settings.SESSION_ENGINE``, counting in a report."""
+
+    def __init__(self, report: MigrationReport, dry_run: bool) -> None:
+        self.report = report
+        self.dry_run = dry_run
+        self.engine = target_engine()
+        self.writer = _migrating_store(self.engine)
+
+    def move(self, source: _SourceSession) -> bool:
+        """True when the target now holds the session (so the source may go)."""
+        report, key = self.report, source.key
+        report.examined += 1
+        if source.expires_at <= time.time():
+            report.expired += 1  # left for Django's clearsessions
+            return False
+        if not is_valid_session_key(key):
+            # Django accepts keys of 8 characters or more; ours are exactly 32 of
+            # [a-z0-9] (a custom key generator made this one): no cookie carries over.
+            report.incompatible_keys += 1
+            logger.warning("A session key of another shape than Django's default was not moved.")
+            return False
+        sid = storage_id(key)
+        try:
+            data = source.read()
+        # Any serializer error means what a bad signature means: Django's own
+        # engine would have served an empty session.  Counted and logged.
+        except Exception as err:
+            report.undecodable += 1
+            logger.warning("Session %s could not be decoded and was not moved: %s", sid, err)
+            return False
+        if self.dry_run:
+            if self.engine().exists(key):
+                report.already_present += 1
+            else:
+                report.copied += 1
+            return False
+        store = self.writer(session_key=key)
+        cast(_SourceExpiry, store).source_expiry = source.expires_at
+        # Set the data directly instead of loading: a load of a key unknown to the
+        # target drops the key (session fixation protection).
+        store._session_cache = data
+        try:
+            store.save(must_create=True)
+        except CreateError:
+            # Created by an earlier run, or already in use on the new engine: either
+            # way, the target's copy is newer than ours and must not be overwritten.
             report.already_present += 1
-        else:
-            report.copied += 1
-        return False
-    store = writer(session_key=key)
-    cast(_SourceExpiry, store).source_expiry = expires_at
-    # Set the data directly instead of loading: a load of a key unknown to the
-    # target drops the key (session fixation protection).
-    store._session_cache = data
-    try:
-        store.save(must_create=True)
-    except CreateError:
-        # Created by an earlier run, or already in use on the new engine: either
-        # way, the target's copy is newer than ours and must not be overwritten.
-        report.already_present += 1
+            return True
+        report.copied += 1
+        if not _reads_back_equal(self.engine, key, data):
+            report.mismatched += 1
+            logger.warning(
+                "Session %s did not read back equal from the target after the copy.", sid
+            )
+            return False
+        report.verified += 1
         return True
-    report.copied += 1
-    if not _reads_back_equal(engine, key, data):
-        report.mismatched += 1
-        logger.warning("Session %s did not read back equal from the target after the copy.", sid)
-        return False
-    report.verified += 1
-    return True
 
 
 def _reads_back_equal(engine: type[ElasticSessionBase], key: str, data: dict[str, Any]) -> bool:

@@ -9,8 +9,10 @@ from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.sessions.backends.cache import SessionStore as CacheStore
 from django.contrib.sessions.backends.db import SessionStore as DatabaseStore
 from django.contrib.sessions.models import Session
+from django.core.cache import caches
 from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
@@ -146,7 +148,7 @@ def test_a_logout_on_the_new_engine_is_not_undone_by_a_second_run(settings, engi
 
     out = run()
 
-    assert "rows examined: 0; copied: 0;" in out
+    assert "examined: 0; copied: 0;" in out
     thief = Client()
     thief.cookies[settings.SESSION_COOKIE_NAME] = old_cookie
     assert seen(thief)["user"] is None
@@ -161,7 +163,7 @@ def test_dry_run_counts_and_changes_nothing(settings, engine):
 
     out = run("--dry-run")
 
-    assert "rows examined: 2; would copy: 2; already present: 0;" in out
+    assert "examined: 2; would copy: 2; already present: 0;" in out
     assert seen(after_switch(settings, browser, engine))["user"] is None
     assert Session.objects.count() == 2
     assert "would copy: 2;" in run("--dry-run")  # nothing was changed by the first
@@ -194,7 +196,7 @@ def test_small_batches_report_checkpoints_and_resume_after_one(settings):
     # Resuming re-reads only from the checkpoint on (the key it prefixes, and later ones).
     out = run("--keep-source", "--after", checkpoints[1])
 
-    assert "rows examined: 2; copied: 0; already present: 2;" in out
+    assert "examined: 2; copied: 0; already present: 2;" in out
 
 
 def test_moved_session_ends_when_the_source_row_would_have(settings, elastic_redis):
@@ -231,7 +233,7 @@ def test_rows_that_cannot_move_are_counted_and_fail_the_run(settings, caplog):
 
     assert failed.value.returncode == 1
     assert (
-        "rows examined: 4; copied: 1; already present: 0; expired (skipped): 1; "
+        "examined: 4; copied: 1; already present: 0; expired (skipped): 1; "
         "undecodable (skipped): 1; incompatible keys (skipped): 1; verified: 1;"
     ) in out.getvalue()
     assert Session.objects.count() == 3  # only the moved row left the table
@@ -270,3 +272,70 @@ def test_redis_down_fails_loudly_and_keeps_the_source(settings, redis_factory, u
     server.start()
     assert "copied: 1;" in run()
     assert Session.objects.count() == 0
+
+
+# -- --source cache: Django's cache engine on django-redis ---------------------------
+CACHE_ENGINE = "django.contrib.sessions.backends.cache"
+
+
+@pytest.fixture
+def session_cache(settings, elastic_redis):
+    """Django's cache engine on a django-redis alias of the same Redis server."""
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "sessions": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": elastic_redis.url},
+    }
+    settings.SESSION_CACHE_ALIAS = "sessions"
+    return caches["sessions"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cache_engine_user_stays_signed_in_and_a_second_run_copies_nothing(
+    settings, session_cache, engine
+):
+    """--source cache finds sessions with SCAN, moves them, and removes them from the cache."""
+    settings.SESSION_ENGINE = CACHE_ENGINE
+    client = Client()
+    assert client.get("/login/ada/").content == b"in"
+    assert client.get("/set/cart/3-apples/").status_code == 200
+    cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
+
+    settings.SESSION_ENGINE = engine
+    out = run("--source", "cache", "--verbosity", "2")
+    switched = after_switch(settings, client, engine)
+
+    assert "copied: 1;" in out
+    assert "verified: 1;" in out
+    assert "checkpoint" not in out  # SCAN has no order to resume from
+    assert seen(switched) == {"values": {"cart": "3-apples", "theme": None}, "user": user_id()}
+    assert session_cache.get(f"django.contrib.sessions.cache{cookie}") is None
+    assert not Session.objects.exists()  # the cache engine never used the table
+    assert "examined: 0; copied: 0;" in run("--source", "cache")
+
+
+def test_cache_source_keeps_the_remaining_lifetime(settings, session_cache, elastic_redis):
+    """A cached session with ten minutes left ends ten minutes later on the new engine."""
+    settings.SESSION_ENGINE = CACHE_ENGINE
+    store = CacheStore()
+    store["theme"] = "light"
+    store.set_expiry(600)
+    store.save()
+    settings.SESSION_ENGINE = ENGINES[0]
+
+    assert "copied: 1;" in run("--source", "cache")
+
+    ttl = elastic_redis.client().ttl(redis_key_of(store.session_key))
+    assert 590 <= ttl <= 600
+
+
+def test_cache_source_needs_django_redis(settings):
+    """A cache alias that cannot SCAN (locmem) is refused with what to pass instead."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    with pytest.raises(CommandError, match="not a django-redis cache"):
+        run("--source", "cache", "--cache-alias", "default")
+
+
+def test_after_is_refused_with_the_cache_source(settings):
+    """--after names a database checkpoint; SCAN has none."""
+    with pytest.raises(CommandError, match="--source db only"):
+        run("--source", "cache", "--after", "abc")

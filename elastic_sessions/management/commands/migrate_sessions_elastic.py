@@ -2,23 +2,37 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
 
 from ...exceptions import SessionStoreUnavailable
-from ...migration import MigrationReport, move_database_sessions
+from ...migration import MigrationReport, move_cache_sessions, move_database_sessions
 
 
 class Command(BaseCommand):
     help = (
-        "Move the live sessions of Django's db/cached_db table into SESSION_ENGINE (an "
-        "elastic engine) under the same keys, so nobody is signed out by the switch. "
+        "Move the live sessions of Django's db/cached_db table (or of its cache engine on a "
+        "django-redis cache) into SESSION_ENGINE, an elastic engine, under the same keys, so "
+        "nobody is signed out by the switch. "
         "Never overwrites a session the target already holds; a moved row leaves the "
         "source table unless --keep-source. Exit status 1 when a session could not be moved."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--source",
+            choices=["db", "cache"],
+            default="db",
+            help="db: Django's session table, for the db and cached_db engines (default); "
+            "cache: the keys of Django's cache engine on the django-redis --cache-alias.",
+        )
+        parser.add_argument(
+            "--cache-alias",
+            default=None,
+            help="With --source cache: the CACHES alias (default SESSION_CACHE_ALIAS).",
+        )
         parser.add_argument(
             "--dry-run", action="store_true", help="Count what would be moved; change nothing."
         )
@@ -32,7 +46,7 @@ class Command(BaseCommand):
             "--after",
             default="",
             metavar="CHECKPOINT",
-            help="Resume after this checkpoint (printed after each batch).",
+            help="With --source db: resume after this checkpoint (printed after each batch).",
         )
         parser.add_argument(
             "--keep-source",
@@ -42,26 +56,37 @@ class Command(BaseCommand):
         parser.add_argument(
             "--database",
             default=DEFAULT_DB_ALIAS,
-            help="The database alias holding Django's session table (default 'default').",
+            help="With --source db: the database alias of Django's session table "
+            "(default 'default').",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         batch_size: int = options["batch_size"]
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
+        source: str = options["source"]
+        if source == "cache" and options["after"]:
+            raise CommandError(
+                "--after applies to --source db only; with --source cache a run resumes by "
+                "itself (moved sessions leave the cache)."
+            )
         verbosity: int = options["verbosity"]
         dry_run: bool = options["dry_run"]
         report = MigrationReport()
+        common: dict[str, Any] = {
+            "batch_size": batch_size,
+            "dry_run": dry_run,
+            "keep_source": options["keep_source"],
+            "progress": self._progress(verbosity),
+        }
         try:
-            move_database_sessions(
-                report,
-                database=options["database"],
-                batch_size=batch_size,
-                after=options["after"],
-                dry_run=dry_run,
-                keep_source=options["keep_source"],
-                progress=self._progress(verbosity),
-            )
+            if source == "cache":
+                alias: str = options["cache_alias"] or settings.SESSION_CACHE_ALIAS
+                move_cache_sessions(report, cache_alias=alias, **common)
+            else:
+                move_database_sessions(
+                    report, database=options["database"], after=options["after"], **common
+                )
         except ImproperlyConfigured as err:
             raise CommandError(str(err)) from err
         except (SessionStoreUnavailable, DatabaseError) as err:
@@ -84,10 +109,8 @@ class Command(BaseCommand):
             return lambda _report: None
 
         def show(report: MigrationReport) -> None:
-            self.stdout.write(
-                f"batch {report.batches}: {report.examined} rows examined; "
-                f"checkpoint {report.checkpoint}"
-            )
+            checkpoint = f"; checkpoint {report.checkpoint}" if report.checkpoint else ""
+            self.stdout.write(f"batch {report.batches}: {report.examined} examined{checkpoint}")
 
         return show
 
@@ -96,18 +119,18 @@ class Command(BaseCommand):
             return
         if dry_run:
             self.stdout.write(
-                f"rows examined: {report.examined}; would copy: {report.copied}; "
+                f"examined: {report.examined}; would copy: {report.copied}; "
                 f"already present: {report.already_present}; expired (skipped): "
                 f"{report.expired}; undecodable (skipped): {report.undecodable}; "
                 f"incompatible keys (skipped): {report.incompatible_keys}"
             )
             return
         self.stdout.write(
-            f"rows examined: {report.examined}; copied: {report.copied}; "
+            f"examined: {report.examined}; copied: {report.copied}; "
             f"already present: {report.already_present}; expired (skipped): {report.expired}; "
             f"undecodable (skipped): {report.undecodable}; "
             f"incompatible keys (skipped): {report.incompatible_keys}; "
             f"verified: {report.verified}; mismatched: {report.mismatched}; "
-            f"removed from the source: {report.removed_from_source}; "
-            f"last checkpoint: {report.checkpoint or '-'}"
+            f"removed from the source: {report.removed_from_source}"
+            + (f"; last checkpoint: {report.checkpoint}" if report.checkpoint else "")
         )
