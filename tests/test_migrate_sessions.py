@@ -17,6 +17,9 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
+from elastic_sessions.api import list_sessions
+from elastic_sessions.keys import storage_id
+
 from .contract import redis_key_of
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.database]
@@ -86,6 +89,9 @@ def test_signed_in_user_stays_signed_in_with_the_same_data(settings, engine):
     assert store.session_key == cookie
     assert {key: store[key] for key in store.keys()} == before  # noqa: SIM118
     assert not Session.objects.filter(session_key=cookie).exists()
+    # The user's index lists it, so "sign out everywhere" reaches moved sessions too.
+    ada = get_user_model().objects.get(username="ada")
+    assert [info.storage_id for info in list_sessions(ada)] == [storage_id(cookie)]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
