@@ -20,17 +20,20 @@ from django.utils.module_loading import import_string
 from .codec import codec_for
 from .keys import StorageId, is_valid_session_key, is_valid_storage_id, storage_id
 from .signals import session_revoked
+from .stats import SessionStats, session_stats
 from .storage.hybrid import HybridStorage
 from .storage.redis import RedisSessionStorage, SessionSummary
 
 __all__ = [
     "SessionInfo",
+    "SessionStats",
     "alist_sessions",
     "arevoke_session",
     "arevoke_user_sessions",
     "list_sessions",
     "revoke_session",
     "revoke_user_sessions",
+    "session_stats",
 ]
 
 
