@@ -22,12 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
-from django.db import connection, transaction
+from django.db import connection
 
 from .conf import elastic_settings
 from .connection import get_client, translate_outages
 from .keys import is_valid_storage_id, session_redis_key
-from .models import DurableSession, DurableSessionField
+from .models import DurableSession
+from .storage.database import delete_ended
 from .storage.redis import _decode_ids
 from .storage.scripts import index_update_script
 
@@ -74,38 +75,11 @@ def purge_database(
             # At least one batch per run, so that every run makes progress.
             report.finished = False
             return
-        deleted = _delete_batch(ids, now)
+        deleted = delete_ended(ids, now)
         report.database_rows += deleted
         report.database_batches += 1
         report.largest_batch = max(report.largest_batch, len(ids))
         progress(f"database: {report.database_rows} ended sessions deleted")
-
-
-def _delete_batch(ids: list[str], now: int) -> int:
-    """Delete one batch of ended sessions and their fields in one short transaction.
-
-    Plain DELETE statements: the ORM's delete() would load every row as a model
-    instance to run its cascade in Python, which costs more than the deletes.
-    """
-    session = connection.ops.quote_name(DurableSession._meta.db_table)
-    fields = connection.ops.quote_name(DurableSessionField._meta.db_table)
-    marks = ", ".join(["%s"] * len(ids))
-    with transaction.atomic(), connection.cursor() as cursor:
-        # The session rows first: that write takes the locks at once (see
-        # storage.database._lock_rows); the foreign key is checked at commit.
-        cursor.execute(
-            f"DELETE FROM {session} WHERE storage_id IN ({marks}) AND expires_at <= %s",
-            [*ids, now],
-        )
-        deleted: int = cursor.rowcount
-        # Only the fields of rows that went: a session touched since the batch
-        # was chosen (its expiry moved) kept its row, and keeps its fields.
-        cursor.execute(
-            f"DELETE FROM {fields} WHERE storage_id IN ({marks}) AND NOT EXISTS "
-            f"(SELECT 1 FROM {session} s WHERE s.storage_id = {fields}.storage_id)",
-            ids,
-        )
-    return deleted
 
 
 def scan_keys(

@@ -81,12 +81,12 @@ def target_engine() -> type[ElasticSessionBase]:
 
 
 class _SourceExpiry:
-    """Mixin: the creating write expires when the source row would have.
+    """Mixin: the creating write expires when the source would have.
 
-    Django's ``db`` engine moves ``expire_date`` only when a request saves the
-    session, so a fixed expiry at that moment is exactly what the user had: no
-    session outlives its source, and none ends sooner.  Only this write is fixed;
-    the first save on the new engine applies the site's usual (sliding) policy.
+    Django's engines move a session's end (``expire_date``, the cache key's TTL)
+    only when a request saves it, so a fixed expiry there is what the user had:
+    no session outlives its source, and none ends sooner.  Only this write is
+    fixed; the first save on the new engine applies the site's usual policy.
     """
 
     source_expiry: int = 0

@@ -217,13 +217,13 @@ def test_a_million_rows_in_bounded_memory_and_short_transactions(elastic_redis):
 @pytest.mark.database
 def test_a_session_revived_while_its_batch_is_deleted_keeps_its_fields(elastic_redis):
     """The batch deletes only rows still ended, and only the fields of rows it deleted."""
-    from elastic_sessions.gc import _delete_batch
+    from elastic_sessions.storage.database import delete_ended
 
     expired_rows(3, fields_each=2)
     revived = f"{1:022d}"
     DurableSession.objects.filter(pk=revived).update(expires_at=int(time.time()) + 600)
     ids = [f"{n:022d}" for n in range(3)]
-    assert _delete_batch(ids, int(time.time())) == 2
+    assert delete_ended(ids, int(time.time())) == 2
     assert list(DurableSession.objects.values_list("pk", flat=True)) == [revived]
     assert DurableSessionField.objects.filter(session_id=revived).count() == 2
     assert DurableSessionField.objects.count() == 2

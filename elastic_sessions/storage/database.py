@@ -225,23 +225,46 @@ class DatabaseSessionStorage:
             RedisInvalidation.objects.filter(pk=sid, queued_at=queued_at).delete()
 
     def purge_expired(self, now: int, batch_size: int) -> int:
-        """Delete up to ``batch_size`` ended sessions; returns how many."""
+        """Delete up to ``batch_size`` ended sessions; returns how many were found."""
         ids = list(
             DurableSession.objects.filter(expires_at__lte=now).values_list("pk", flat=True)[
                 :batch_size
             ]
         )
-        if not ids:
-            return 0
-        with transaction.atomic():
-            ended = DurableSession.objects.filter(pk__in=ids, expires_at__lte=now)
-            _lock_rows(ended)
-            ended.delete()
+        if ids:
+            delete_ended(ids, now)
         return len(ids)
 
 
 # BinaryField values come back as bytes or memoryview, by database.
 _Stored = bytes | memoryview
+
+
+def delete_ended(ids: Sequence[str], now: int) -> int:
+    """Delete one batch of ended sessions and their fields in one short transaction.
+
+    Plain DELETE statements: the ORM's delete() would load every row as a model
+    instance to run its cascade in Python, which costs more than the deletes.
+    """
+    session = connection.ops.quote_name(DurableSession._meta.db_table)
+    fields = connection.ops.quote_name(DurableSessionField._meta.db_table)
+    marks = ", ".join(["%s"] * len(ids))
+    with transaction.atomic(), connection.cursor() as cursor:
+        # The session rows first: that write takes the locks at once (see
+        # _lock_rows); the foreign key is checked at commit.
+        cursor.execute(
+            f"DELETE FROM {session} WHERE storage_id IN ({marks}) AND expires_at <= %s",
+            [*ids, now],
+        )
+        deleted: int = cursor.rowcount
+        # Only the fields of rows that went: a session touched since the batch
+        # was chosen (its expiry moved) kept its row, and keeps its fields.
+        cursor.execute(
+            f"DELETE FROM {fields} WHERE storage_id IN ({marks}) AND NOT EXISTS "
+            f"(SELECT 1 FROM {session} s WHERE s.storage_id = {fields}.storage_id)",
+            ids,
+        )
+    return deleted
 
 
 def _lock_rows(rows: QuerySet[DurableSession]) -> None:
