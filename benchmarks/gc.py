@@ -78,7 +78,7 @@ def fill(rows: int) -> None:
         )
 
 
-def measure(name: str, work: Callable[[], None]) -> tuple[str, float, float]:
+def measure(name: str, work: Callable[[], object]) -> tuple[str, float, float]:
     tracemalloc.start()
     started = time.perf_counter()
     work()
