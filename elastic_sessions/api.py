@@ -1,7 +1,8 @@
 """List and end a user's sessions, whichever elastic engine is configured.
 
-Every function costs work in proportion to that user's sessions: it reads the
-user's index, never SCANs.
+The per-user functions cost work in proportion to that user's sessions: they read
+the user's index, never SCAN.  ``session_stats()`` is the exception: a whole-store
+report, one bounded SCAN pass (see docs/operations.md).
 """
 
 from __future__ import annotations
