@@ -432,8 +432,13 @@ def test_restart_with_old_data_serves_nothing_stale_and_resurrects_nobody(
     written_before = list(load.written)
     load.keep_going(0.4)
     assert sign_out(victim) == 200
-    load.keep_going(0.4)
-    # Every thread wrote during the outage, so every copy in the old data is stale.
+    # Until every thread has written during the outage (a busy machine may need
+    # longer than usual), so every copy in the old data is stale.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(
+        after > before for after, before in zip(load.written, written_before, strict=True)
+    ):
+        load.keep_going(0.2)
     assert all(after > before for after, before in zip(load.written, written_before, strict=True))
     faulty_redis.start()
     load.phase = "restarted"
