@@ -4,10 +4,15 @@ concurrent runs, outages."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import SESSION_KEY
@@ -20,6 +25,8 @@ from elastic_sessions.keys import storage_id, user_index_redis_key
 from elastic_sessions.models import DurableSession, DurableSessionField
 
 from .contract import redis_key_of
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -166,6 +173,37 @@ def test_an_interrupted_scan_resumes_from_its_cursor(elastic_redis):
     run("--batch-size", "50")
     assert list(r.scan_iter(match="es:junk*")) == []
     assert r.exists("es:gc:cursor") == 0
+
+
+@pytest.mark.database
+def test_two_processes_at_once_remove_everything_once(elastic_redis, database_vendor, settings):
+    """Two `manage.py clearsessions_elastic` processes started together (two hosts
+    from cron) both succeed, and between them remove every ended row once."""
+    if database_vendor == "sqlite":
+        pytest.skip("a child process cannot open pytest-django's in-memory SQLite database")
+    expired_rows(3000)
+    database = {
+        key: value
+        for key, value in connection.settings_dict.items()
+        if key in {"ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS"}
+    }
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.subprocess_settings",
+        "ELASTIC_SESSIONS_TEST_DATABASE": json.dumps(database),
+        "ELASTIC_SESSIONS_TEST_SETTINGS": json.dumps(settings.ELASTIC_SESSIONS),
+    }
+    command = [sys.executable, "-m", "django", "clearsessions_elastic", "--batch-size", "50"]
+    children = [
+        subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [child.communicate(timeout=120)[0] for child in children]
+    assert [child.returncode for child in children] == [0, 0], outputs
+    removed = [int(out.split("removed: ")[1].split(" ")[0]) for out in outputs]
+    assert sum(removed) == 3000
+    assert DurableSession.objects.count() == 0
+    assert DurableSessionField.objects.count() == 0
 
 
 @pytest.mark.database
