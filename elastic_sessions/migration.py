@@ -17,10 +17,9 @@ from functools import partial, reduce
 from importlib import import_module
 from itertools import islice
 from operator import or_
-from typing import Any, cast
+from typing import Any
 
 from django.conf import settings
-from django.contrib.sessions.backends.base import CreateError
 from django.contrib.sessions.backends.cache import SessionStore as CacheSessionStore
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.contrib.sessions.models import Session
@@ -78,28 +77,6 @@ def target_engine() -> type[ElasticSessionBase]:
             "'elastic_sessions.backends.hybrid'."
         )
     return store
-
-
-class _SourceExpiry:
-    """Mixin: the creating write expires when the source would have.
-
-    Django's engines move a session's end (``expire_date``, the cache key's TTL)
-    only when a request saves it, so a fixed expiry there is what the user had:
-    no session outlives its source, and none ends sooner.  Only this write is
-    fixed; the first save on the new engine applies the site's usual policy.
-    """
-
-    source_expiry: int = 0
-
-    def _expiry(self, data: dict[str, Any]) -> tuple[int, int]:
-        return 0, self.source_expiry
-
-
-def _migrating_store(engine: type[ElasticSessionBase]) -> type[ElasticSessionBase]:
-    return cast(
-        "type[ElasticSessionBase]",
-        type(f"Migrating{engine.__name__}", (_SourceExpiry, engine), {}),
-    )
 
 
 def source_decoder() -> Callable[[str], dict[str, Any]]:
@@ -250,7 +227,6 @@ class _Mover:
         self.report = report
         self.dry_run = dry_run
         self.engine = target_engine()
-        self.writer = _migrating_store(self.engine)
 
     def move(self, source: _SourceSession) -> bool:
         """True when the target now holds the session (so the source may go)."""
@@ -280,14 +256,9 @@ class _Mover:
             else:
                 report.copied += 1
             return False
-        store = self.writer(session_key=key)
-        cast(_SourceExpiry, store).source_expiry = source.expires_at
-        # Set the data directly instead of loading: a load of a key unknown to the
-        # target drops the key (session fixation protection).
-        store._session_cache = data
-        try:
-            store.save(must_create=True)
-        except CreateError:
+        # Fixed at the source's end: Django's engines move it only when a request
+        # saves, so that is what the user had (see docs/operations.md).
+        if not self.engine.import_session(key, data, int(source.expires_at)):
             # Created by an earlier run, or already in use on the new engine: either
             # way, the target's copy is newer than ours and must not be overwritten.
             report.already_present += 1

@@ -456,3 +456,16 @@ def test_huge_timeouts_are_capped_not_wrapped(r, settings):
     assert deadline == idle == 2**32 - 1
     assert r.ttl(redis_key_of(session.session_key)) > 10**9
     assert SessionStore(session.session_key)["a"] == 1
+
+
+def test_import_session_creates_under_the_given_key_once(r):
+    """import_session creates the key with the data and a fixed end, never twice."""
+    key = "k" * 32
+    ends = int(time.time()) + 300
+    assert SessionStore.import_session(key, {"a": 1}, ends)
+    assert 290 <= r.ttl(redis_key_of(key)) <= 300
+    assert SessionStore(key)["a"] == 1
+    assert not SessionStore.import_session(key, {"a": 2}, ends)
+    assert SessionStore(key)["a"] == 1
+    with pytest.raises(ValueError, match="session key"):
+        SessionStore.import_session("short", {"a": 1}, ends)

@@ -123,6 +123,8 @@ class ElasticSessionBase(SessionBase):
         self._meta: SessionMeta | None = None
         self._touched_ttl: int | None = None
         self._store_error: SessionStoreUnavailable | None = None
+        # Set only by import_session(): the fixed end of a session moved here.
+        self._import_expiry: int | None = None
 
     # -- keys ---------------------------------------------------------------
     def _validate_session_key(self, key: object) -> bool:
@@ -347,7 +349,31 @@ class ElasticSessionBase(SessionBase):
         self._meta = result.meta
 
     def _expiry(self, data: dict[str, Any]) -> tuple[int, int]:
+        if self._import_expiry is not None:
+            return 0, self._import_expiry
         return expiry_policy(data.get("_session_expiry"), self.get_session_cookie_age())
+
+    # -- moving sessions in from another engine ------------------------------
+    @classmethod
+    def import_session(cls, session_key: str, data: dict[str, Any], expires_at: int) -> bool:
+        """Create ``session_key`` holding ``data``, ending at ``expires_at`` (epoch
+        seconds, fixed), unless the key exists already; True if created.
+
+        For moving sessions from another engine under their existing cookie
+        (``migrate_sessions_elastic``): a load would refuse a key this store does
+        not know (session fixation protection), so the data is set directly.
+        The first save on this engine applies the site's usual expiry policy.
+        """
+        store = cls(session_key)
+        if store.session_key != session_key:
+            raise ValueError("Not a session key this engine accepts.")
+        store._session_cache = dict(data)
+        store._import_expiry = expires_at
+        try:
+            store.save(must_create=True)
+        except CreateError:
+            return False
+        return True
 
     def _drop_if_corrupt(self, must_create: bool) -> None:
         # A large value found undecodable after the load emptied the session:
