@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 from django.db import connection
@@ -49,7 +49,6 @@ class GcReport:
     stale_index_entries: int = 0
     malformed_keys: int = 0
     finished: bool = True
-    notes: list[str] = field(default_factory=list)
 
 
 def durable_tables_exist() -> bool:
@@ -92,11 +91,14 @@ def scan_keys(
     with translate_outages("scan the session keys"):
         cursor = int(client.get(cursor_key) or 0)
         while True:
-            cursor, keys = client.scan(cursor, match=f"{prefix}:*", count=batch_size)
-            for raw in keys:
-                key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-                if key != cursor_key:
-                    _check_key(client, key, prefix, report, dry_run)
+            cursor, raw_keys = client.scan(cursor, match=f"{prefix}:*", count=batch_size)
+            keys = [_text(raw) for raw in raw_keys if _text(raw) != cursor_key]
+            # The types of a whole page in one round trip, not one per key.
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.type(key)
+            for key, kind in zip(keys, pipe.execute(), strict=True):
+                _check_key(client, key, _text(kind), prefix=prefix, report=report, dry_run=dry_run)
             report.keys_scanned += len(keys)
             progress(f"redis: {report.keys_scanned} keys scanned")
             if cursor == 0:
@@ -108,9 +110,13 @@ def scan_keys(
                 return
 
 
-def _check_key(client: redis.Redis, key: str, prefix: str, report: GcReport, dry_run: bool) -> None:
-    kind = client.type(key)
-    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+def _text(raw: object) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _check_key(
+    client: redis.Redis, key: str, kind: str, *, prefix: str, report: GcReport, dry_run: bool
+) -> None:
     if kind == "none":
         return  # expired meanwhile
     index_id = _braced(key, f"{prefix}:u:")
