@@ -98,8 +98,9 @@ class HybridStorage:
                 breaker.record_failure(err)
                 use_redis = False
             except CorruptSessionData as err:
+                # Redis answered: for the breaker that is a success.
                 logger.warning("Ignored unreadable Redis copy of session %s (%s).", sid, err)
-                hit = None
+                use_redis = self._succeeded(breaker, probing)
             else:
                 use_redis = self._succeeded(breaker, probing)
                 if use_redis and hit is not None and not probing:
@@ -133,7 +134,7 @@ class HybridStorage:
                 use_redis = False
             except CorruptSessionData as err:
                 logger.warning("Ignored unreadable Redis copy of session %s (%s).", sid, err)
-                hit = None
+                use_redis = await self._asucceeded(breaker, probing)
             else:
                 use_redis = await self._asucceeded(breaker, probing)
                 if use_redis and hit is not None and not probing:
