@@ -26,11 +26,10 @@ from django.db import connection
 
 from .conf import elastic_settings
 from .connection import get_client, translate_outages
-from .keys import is_valid_storage_id, session_redis_key
+from .keys import is_valid_storage_id
 from .models import DurableSession
 from .storage.database import delete_ended
-from .storage.redis import _decode_ids
-from .storage.scripts import index_update_script
+from .storage.redis import prune_index
 
 # How long a stopped SCAN pass may be resumed; after that a run starts over.
 _CURSOR_TTL = 24 * 3600
@@ -122,7 +121,8 @@ def _check_key(
     index_id = _braced(key, f"{prefix}:u:")
     session_id = _braced(key, f"{prefix}:")
     if index_id is not None and is_valid_storage_id(index_id) and kind == "zset":
-        _prune_index(client, key, report, dry_run)
+        report.user_indexes += 1
+        report.stale_index_entries += prune_index(client, key, dry_run=dry_run)
         return
     if session_id is not None and is_valid_storage_id(session_id) and kind == "hash":
         return  # a session (or a hybrid fence): Redis expires it
@@ -130,20 +130,6 @@ def _check_key(
     report.malformed_keys += 1
     if not dry_run:
         client.delete(key)
-
-
-def _prune_index(client: redis.Redis, key: str, report: GcReport, dry_run: bool) -> None:
-    report.user_indexes += 1
-    sids = _decode_ids(client.zrange(key, 0, -1))
-    if not sids:
-        return
-    pipe = client.pipeline(transaction=False)
-    for sid in sids:
-        pipe.exists(session_redis_key(sid))
-    stale = [sid for sid, alive in zip(sids, pipe.execute(), strict=True) if not alive]
-    report.stale_index_entries += len(stale)
-    if stale and not dry_run:
-        index_update_script(client, [key], ["", 0, *stale])
 
 
 def _braced(key: str, start: str) -> str | None:

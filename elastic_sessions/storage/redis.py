@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from redis.exceptions import ResponseError
 
 from ..codec import META_FIELD, SessionMeta
-from ..conf import elastic_settings
 from ..connection import get_async_client, get_client, translate_outages
 from ..exceptions import CorruptSessionData
 from ..keys import StorageId, session_redis_key, user_index_redis_key
@@ -301,44 +301,22 @@ class RedisSessionStorage:
                 _warn_broken_index(key, await _adrop_broken_index(client, key))
 
 
-@dataclass
-class PruneReport:
-    indexes: int = 0
-    stale_entries: int = 0
-    # Index keys of another type than a sorted set (deleted unless dry_run).
-    broken_indexes: int = 0
+def prune_index(client: redis.Redis, index_key: str, *, dry_run: bool) -> int:
+    """Drop the entries of a user index whose session is gone; returns how many.
 
-
-def prune_user_indexes(*, batch_size: int, dry_run: bool) -> PruneReport:
-    """SCAN every user index and drop entries whose session is gone.
-
-    Expired-by-deadline entries go too (the index script prunes them on each
-    update); an index left empty is deleted, and so is an index key that is not
-    a sorted set (counted in ``broken_indexes``, with a warning).
+    Entries past their deadline go too (the index script prunes them on each
+    update), and an index left empty is deleted.
     """
-    client = get_client()
-    report = PruneReport()
-    pattern = f"{elastic_settings.KEY_PREFIX}:u:{{*}}"
-    with translate_outages("scan the user indexes"):
-        # No TYPE filter on the SCAN: a key of the wrong type must be found too.
-        for raw_key in client.scan_iter(match=pattern, count=batch_size):
-            index_key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-            try:
-                sids = _decode_ids(client.zrange(index_key, 0, -1))
-            except ResponseError as err:
-                _raise_unless_wrong_type(err)
-                report.broken_indexes += 1
-                _warn_broken_index(index_key, not dry_run and _drop_broken_index(client, index_key))
-                continue
-            report.indexes += 1
-            pipe = client.pipeline(transaction=False)
-            for sid in sids:
-                pipe.exists(session_redis_key(sid))
-            stale = [sid for sid, alive in zip(sids, pipe.execute(), strict=True) if not alive]
-            report.stale_entries += len(stale)
-            if not dry_run:
-                index_update_script(client, [index_key], ["", 0, *stale])
-    return report
+    sids = _decode_ids(client.zrange(index_key, 0, -1))
+    if not sids:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for sid in sids:
+        pipe.exists(session_redis_key(sid))
+    stale = [sid for sid, alive in zip(sids, pipe.execute(), strict=True) if not alive]
+    if stale and not dry_run:
+        index_update_script(client, [index_key], ["", 0, *stale])
+    return len(stale)
 
 
 def _raise_unless_wrong_type(err: ResponseError) -> None:
