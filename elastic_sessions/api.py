@@ -10,15 +10,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import import_module
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY as USER_ID_KEY
-from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from .codec import codec_for
+from .engine import configured_storage
 from .keys import StorageId, is_valid_session_key, is_valid_storage_id, storage_id
 from .signals import session_revoked
 from .stats import SessionStats, session_stats
@@ -51,14 +50,7 @@ class SessionInfo:
 
 
 def _storage() -> RedisSessionStorage | HybridStorage:
-    engine = import_module(settings.SESSION_ENGINE)
-    storage = getattr(getattr(engine, "SessionStore", None), "storage", None)
-    if not isinstance(storage, RedisSessionStorage | HybridStorage):
-        raise ImproperlyConfigured(
-            "elastic_sessions.api needs SESSION_ENGINE to be one of the elastic "
-            f"engines, not {settings.SESSION_ENGINE!r}."
-        )
-    return storage
+    return configured_storage("elastic_sessions.api")
 
 
 def user_id_of(user: Any) -> str:

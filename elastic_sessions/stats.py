@@ -13,11 +13,8 @@ import heapq
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from importlib import import_module
 from typing import Any
 
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Count, Min, Q
 from redis.exceptions import ResponseError
 
@@ -25,10 +22,11 @@ from .breaker import breaker_for
 from .codec import META_FIELD
 from .conf import elastic_settings
 from .connection import get_client, translate_outages
+from .engine import configured_storage
 from .exceptions import SessionStoreUnavailable
 from .keys import is_valid_storage_id, storage_id_from_redis_key
 from .models import DurableSession, RedisInvalidation
-from .storage.hybrid import BREAKER_NAME, HybridStorage, database_outages
+from .storage.hybrid import BREAKER_NAME, database_outages
 from .storage.redis import RedisSessionStorage
 
 __all__ = [
@@ -144,7 +142,7 @@ def session_stats(
     if min(top, soon, sample) < 0 or batch_size < 1:
         raise ValueError("top, soon and sample must be 0 or more, batch_size 1 or more.")
     now = int(time.time())
-    if isinstance(_engine_storage(), RedisSessionStorage):
+    if isinstance(configured_storage("Session stats"), RedisSessionStorage):
         redis_figures, indexes = _scan_redis(now, soon, sample, batch_size, top)
         return SessionStats(
             engine="redis",
@@ -177,17 +175,6 @@ def session_stats(
         top_users_by="user_id",
         top_users=top_users,
     )
-
-
-def _engine_storage() -> RedisSessionStorage | HybridStorage:
-    engine = import_module(settings.SESSION_ENGINE)
-    storage = getattr(getattr(engine, "SessionStore", None), "storage", None)
-    if not isinstance(storage, RedisSessionStorage | HybridStorage):
-        raise ImproperlyConfigured(
-            "Session stats need SESSION_ENGINE to be one of the elastic engines, "
-            f"not {settings.SESSION_ENGINE!r}."
-        )
-    return storage
 
 
 def _chunks(keys: Iterable[Any], size: int) -> Iterator[list[str]]:
