@@ -116,7 +116,7 @@ class HybridStorage:
         if stored.touched_ttl_ms >= 0:
             # Served by the database (an outage): the expiry slides there, or an
             # active user with a short idle timeout would time out during it.
-            self._touch_durably_or_log(sid, record, stored)
+            self._touch_durably_or_log(sid, stored)
         return stored
 
     async def aload(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None:
@@ -148,7 +148,7 @@ class HybridStorage:
             await self._arepopulate(sid, record, breaker)
         stored = _stored(record, None if use_redis else touch_interval_ms)
         if stored.touched_ttl_ms >= 0:
-            await sync_to_async(self._touch_durably_or_log)(sid, record, stored)
+            await sync_to_async(self._touch_durably_or_log)(sid, stored)
         return stored
 
     # -- breaker bookkeeping and read-through ----------------------------------
@@ -211,9 +211,7 @@ class HybridStorage:
         except SessionStoreUnavailable as err:
             await breaker.arecord_failure(err)
 
-    def _touch_durably_or_log(
-        self, sid: StorageId, record: DurableRecord, stored: StoredSession
-    ) -> None:
+    def _touch_durably_or_log(self, sid: StorageId, stored: StoredSession) -> None:
         expires_at = int(time.time()) + stored.touched_ttl_ms // 1000
         try:
             with database_outages("touch a session"):

@@ -412,6 +412,14 @@ def _write_calls(sid: StorageId, plan: WritePlan) -> list[ScriptCall]:
     return calls
 
 
+def hash_fields(reply: Any) -> dict[bytes, bytes]:
+    """An HGETALL reply as a dict, whichever protocol the connection speaks."""
+    if isinstance(reply, dict):  # RESP3 (redis-py's default since 8.0): a map
+        return reply
+    iterator = iter(reply)  # RESP2: field, value, field, value...
+    return dict(zip(iterator, iterator, strict=False))
+
+
 def _parse_load(replies: list[Any]) -> StoredSession | None:
     flat, ttl_ms = replies
     if isinstance(flat, ResponseError):
@@ -422,11 +430,7 @@ def _parse_load(replies: list[Any]) -> StoredSession | None:
         raise ttl_ms
     if not flat:
         return None
-    if isinstance(flat, dict):  # RESP3 (redis-py's default since 8.0): a map
-        fields = flat
-    else:  # RESP2: a flat list of field, value, field, value...
-        iterator = iter(flat)
-        fields = dict(zip(iterator, iterator, strict=False))
+    fields = hash_fields(flat)
     raw_meta = fields.pop(META_FIELD, None)
     if raw_meta is None:
         # Every save writes it; a hash without it is not a session of ours.

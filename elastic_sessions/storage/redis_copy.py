@@ -18,7 +18,7 @@ from typing import Any
 from ..codec import META_FIELD, SessionMeta
 from ..connection import get_async_client, get_client, translate_outages
 from ..keys import StorageId, session_redis_key
-from .redis import StoredSession, WritePlan, _parse_load, _touch, _touch_command
+from .redis import StoredSession, WritePlan, _parse_load, _touch, _touch_command, hash_fields
 from .scripts import (
     CONFIRM_COPY,
     MARK_PENDING,
@@ -176,11 +176,10 @@ class RedisCopy:
 
 def _parse_copy(replies: list[Any]) -> CopyHit | None:
     flat, ttl_ms = replies
-    if isinstance(flat, list):  # RESP2: field, value, field, value...
-        iterator = iter(flat)
-        flat = dict(zip(iterator, iterator, strict=False))
-    if isinstance(flat, dict) and (META_FIELD not in flat or PENDING_FIELD in flat):
-        return None  # nothing, a fence, or a save in flight: read the database
+    if not isinstance(flat, Exception):
+        flat = hash_fields(flat)
+        if META_FIELD not in flat or PENDING_FIELD in flat:
+            return None  # nothing, a fence, or a save in flight: read the database
     stored = _parse_load([flat, ttl_ms])
     if stored is None:
         return None

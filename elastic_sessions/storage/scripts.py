@@ -339,7 +339,7 @@ def _command(call: Call) -> Command:
     return call
 
 
-def _scripts_to_reload(calls: Sequence[Call], replies: list[Any]) -> list[int]:
+def _scripts_to_reload(replies: list[Any]) -> list[int]:
     return [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
 
 
@@ -361,7 +361,7 @@ def _merge_retry(replies: list[Any], missing: list[int], retried: list[Any]) -> 
 def run_calls(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
     """The replies of ``calls``, sent in one round trip; errors left in their slots."""
     replies = execute(client, [_command(call) for call in calls])
-    missing = _scripts_to_reload(calls, replies)
+    missing = _scripts_to_reload(replies)
     if missing:
         retried = execute(client, _reload_commands(calls, missing))
         replies = _merge_retry(replies, missing, retried)
@@ -370,7 +370,7 @@ def run_calls(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
 
 async def arun_calls(client: redis.asyncio.Redis, calls: Sequence[Call]) -> list[Any]:
     replies = await aexecute(client, [_command(call) for call in calls])
-    missing = _scripts_to_reload(calls, replies)
+    missing = _scripts_to_reload(replies)
     if missing:
         retried = await aexecute(client, _reload_commands(calls, missing))
         replies = _merge_retry(replies, missing, retried)
