@@ -24,7 +24,7 @@ from pathlib import Path
 import django
 from django.conf import settings
 
-SQLITE_PRAGMAS = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+from .environment import SQLITE_PRAGMAS
 
 
 def configure(database: Path) -> None:
