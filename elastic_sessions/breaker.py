@@ -163,7 +163,7 @@ class CircuitBreaker:
             return True
         probe = self._begin_close()
         if probe is None:
-            return self._is_closed()
+            return self.is_closed()
         if before_close is not None:
             try:
                 before_close()
@@ -186,7 +186,7 @@ class CircuitBreaker:
             return True
         probe = self._begin_close()
         if probe is None:
-            return self._is_closed()
+            return self.is_closed()
         if before_close is not None:
             try:
                 await before_close()
@@ -202,9 +202,10 @@ class CircuitBreaker:
         await store_recovered.asend(CircuitBreaker, name=self.name, downtime=downtime)
         return True
 
-    def _is_closed(self) -> bool:
-        # A method, not an inline test: mypy would keep the earlier narrowing of
-        # self._state although another thread may have changed it since.
+    def is_closed(self) -> bool:
+        """Whether callers use the store now (read without the lock: a snapshot)."""
+        # A method, not an inline test of the state: mypy would keep an earlier
+        # narrowing of self._state although another thread may have changed it.
         return self._state is BreakerState.CLOSED
 
     def reset(self) -> None:

@@ -33,7 +33,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils.module_loading import import_string
 
-from ..breaker import BreakerState, CircuitBreaker, breaker_for
+from ..breaker import CircuitBreaker, breaker_for
 from ..codec import SessionMeta, codec_for
 from ..conf import elastic_settings
 from ..exceptions import CorruptSessionData, SessionStoreUnavailable
@@ -88,7 +88,7 @@ class HybridStorage:
         breaker = self.breaker
         use_redis = breaker.allow()
         # The probe's own read happened before Redis was reconciled: not served.
-        probing = use_redis and breaker.state is not BreakerState.CLOSED
+        probing = use_redis and not breaker.is_closed()
         if use_redis:
             if not probing:  # a probe reconciles anyway, before the breaker closes
                 self._reconcile_now_and_then()
@@ -123,7 +123,7 @@ class HybridStorage:
         breaker = self.breaker
         use_redis = breaker.allow()
         # The probe's own read happened before Redis was reconciled: not served.
-        probing = use_redis and breaker.state is not BreakerState.CLOSED
+        probing = use_redis and not breaker.is_closed()
         if use_redis:
             if not probing:  # a probe reconciles anyway, before the breaker closes
                 await self._areconcile_now_and_then()
@@ -247,7 +247,7 @@ class HybridStorage:
     def write(self, sid: StorageId, plan: WritePlan) -> WriteResult:
         breaker = self.breaker
         use_redis = breaker.allow()
-        probing = use_redis and breaker.state is not BreakerState.CLOSED
+        probing = use_redis and not breaker.is_closed()
         if use_redis and not plan.create:
             try:
                 self.copy.mark_pending(sid)
@@ -256,7 +256,7 @@ class HybridStorage:
                 use_redis = False
         with database_outages("save a session"):
             durable = self.db.write(sid, plan, invalidate_redis=not use_redis)
-        if durable.status == 1 and (use_redis or _closed(breaker)):
+        if durable.status == 1 and (use_redis or breaker.is_closed()):
             try:
                 self.copy.write(sid, plan, *_mirror_args(durable))
             except SessionStoreUnavailable as err:
@@ -269,7 +269,7 @@ class HybridStorage:
     async def awrite(self, sid: StorageId, plan: WritePlan) -> WriteResult:
         breaker = self.breaker
         use_redis = breaker.allow()
-        probing = use_redis and breaker.state is not BreakerState.CLOSED
+        probing = use_redis and not breaker.is_closed()
         if use_redis and not plan.create:
             try:
                 await self.copy.amark_pending(sid)
@@ -278,7 +278,7 @@ class HybridStorage:
                 use_redis = False
         with database_outages("save a session"):
             durable = await self.db.awrite(sid, plan, invalidate_redis=not use_redis)
-        if durable.status == 1 and (use_redis or _closed(breaker)):
+        if durable.status == 1 and (use_redis or breaker.is_closed()):
             try:
                 await self.copy.awrite(sid, plan, *_mirror_args(durable))
             except SessionStoreUnavailable as err:
@@ -297,10 +297,10 @@ class HybridStorage:
     def delete(self, sid: StorageId, expected_owner: str | None = None) -> DeleteResult:
         breaker = self.breaker
         use_redis = breaker.allow()
-        probing = use_redis and breaker.state is not BreakerState.CLOSED
+        probing = use_redis and not breaker.is_closed()
         with database_outages("delete a session"):
             owner = self.db.delete(sid, invalidate_redis=not use_redis)
-        if use_redis or _closed(breaker):
+        if use_redis or breaker.is_closed():
             try:
                 self.copy.fence_deleted(sid)
             except SessionStoreUnavailable as err:
@@ -314,10 +314,10 @@ class HybridStorage:
     async def adelete(self, sid: StorageId, expected_owner: str | None = None) -> DeleteResult:
         breaker = self.breaker
         use_redis = breaker.allow()
-        probing = use_redis and breaker.state is not BreakerState.CLOSED
+        probing = use_redis and not breaker.is_closed()
         with database_outages("delete a session"):
             owner = await self.db.adelete(sid, invalidate_redis=not use_redis)
-        if use_redis or _closed(breaker):
+        if use_redis or breaker.is_closed():
             try:
                 await self.copy.afence_deleted(sid)
             except SessionStoreUnavailable as err:
@@ -373,10 +373,10 @@ class HybridStorage:
             return []
         breaker = self.breaker
         use_redis = breaker.allow()
-        probing = use_redis and breaker.state is not BreakerState.CLOSED
+        probing = use_redis and not breaker.is_closed()
         with database_outages("revoke sessions"):
             ended = self.db.delete_owned(sids, _user_of(owner), invalidate_redis=not use_redis)
-        if ended and (use_redis or _closed(breaker)):
+        if ended and (use_redis or breaker.is_closed()):
             try:
                 self.copy.fence_deleted_many(ended)
             except SessionStoreUnavailable as err:
@@ -394,12 +394,12 @@ class HybridStorage:
             return []
         breaker = self.breaker
         use_redis = breaker.allow()
-        probing = use_redis and breaker.state is not BreakerState.CLOSED
+        probing = use_redis and not breaker.is_closed()
         with database_outages("revoke sessions"):
             ended = await self.db.adelete_owned(
                 sids, _user_of(owner), invalidate_redis=not use_redis
             )
-        if ended and (use_redis or _closed(breaker)):
+        if ended and (use_redis or breaker.is_closed()):
             try:
                 await self.copy.afence_deleted_many(ended)
             except SessionStoreUnavailable as err:
@@ -463,11 +463,6 @@ class HybridStorage:
             await self.areconcile()
         except SessionStoreUnavailable as err:
             logger.warning("Could not reconcile Redis with the database: %s", err)
-
-
-def _closed(breaker: CircuitBreaker) -> bool:
-    # A function, so that mypy does not narrow the state read earlier.
-    return breaker.state is BreakerState.CLOSED
 
 
 def _summaries(rows: list[tuple[StorageId, SessionMeta, int]]) -> list[SessionSummary]:
