@@ -8,6 +8,7 @@ it narrows itself and raises ``ImproperlyConfigured`` for what it cannot use.
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from typing import Any
 
@@ -57,6 +58,17 @@ DEFAULTS: dict[str, object] = {
     # Serialized values of this many bytes or more are stored zlib-compressed
     # (when that saves an eighth or more).  0 turns compression off.
     "COMPRESS_MIN_BYTES": 256,
+    # How many reverse proxies in front of Django append to X-Forwarded-For.
+    # 0: a session's IP address is REMOTE_ADDR.  n: the n-th address from the
+    # right of X-Forwarded-For (the one the outermost trusted proxy saw).
+    "PROXY_COUNT": 0,
+    # Dotted path to a callable(ip: str) -> str | None naming where an IP
+    # address is ("Lisbon, Portugal"), for the "your sessions" page.  None:
+    # Django's GeoIP2 when GEOIP_PATH is set and geoip2 is installed, else none.
+    "IP_LOCATOR": None,
+    # A regular expression (case-insensitive) matched against session keys:
+    # the admin shows the values of matching keys masked.
+    "MASKED_KEYS": "pass|secret|token|key|hash|signature|csrf|otp|card|ssn",
 }
 
 # Keys that earlier designs used; reported by the checks with their replacement.
@@ -205,6 +217,26 @@ class Settings:
     @cached_property
     def COMPRESS_MIN_BYTES(self) -> int:
         return self._int("COMPRESS_MIN_BYTES", allow_zero=True)
+
+    @cached_property
+    def PROXY_COUNT(self) -> int:
+        return self._int("PROXY_COUNT", allow_zero=True)
+
+    @cached_property
+    def IP_LOCATOR(self) -> str | None:
+        return self._optional_str("IP_LOCATOR")
+
+    @cached_property
+    def MASKED_KEYS(self) -> str:
+        value = self._optional_str("MASKED_KEYS")
+        pattern = str(DEFAULTS["MASKED_KEYS"]) if value is None else value
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ImproperlyConfigured(
+                f"ELASTIC_SESSIONS['MASKED_KEYS'] must be a regular expression: {err}."
+            ) from None
+        return pattern
 
     def clear_cache(self) -> None:
         """Forget every parsed setting (the next read parses again)."""
