@@ -47,6 +47,10 @@ class SessionInfo:
     # Approximate: the load that slid the expiry last (to TOUCH_INTERVAL).
     last_seen: datetime | None
     is_current: bool
+    # The IP address and device ("Firefox 128 on Windows") of its last request
+    # seen (None / "" for a session used by no request through the middleware).
+    ip: str | None = None
+    device: str = ""
 
 
 def _storage() -> RedisSessionStorage | HybridStorage:

@@ -34,6 +34,10 @@ class DurableSession(models.Model):
     # Bumped by every write; Redis copies carry it, so a copy that missed a
     # write is recognised and dropped instead of served.
     version = models.BigIntegerField(default=1)
+    # Epoch seconds of the last write or durable touch (to DATABASE_TOUCH_DRIFT),
+    # and the client seen then (IP address and device, see client.py).
+    last_seen = models.BigIntegerField(null=True, blank=True, db_index=True)
+    client = models.BinaryField(null=True, blank=True)
 
     class Meta:
         db_table = "elastic_sessions_session"
@@ -82,6 +86,29 @@ class RedisInvalidation(models.Model):
 
     class Meta:
         db_table = "elastic_sessions_redis_invalidation"
+
+    def __str__(self) -> str:
+        return self.storage_id
+
+
+class ActiveSession(models.Model):
+    """No table: the admin's handle on sessions wherever they live, and its permissions.
+
+    ``view_activesession`` lists and inspects sessions' metadata,
+    ``revoke_activesession`` ends them, and ``view_session_data`` shows their
+    decoded items (sensitive values masked).
+    """
+
+    storage_id = models.CharField(max_length=22, primary_key=True)
+
+    class Meta:
+        managed = False
+        default_permissions = ("view",)
+        permissions = [
+            ("revoke_activesession", "Can revoke active sessions"),
+            ("view_session_data", "Can see the decoded data of sessions"),
+        ]
+        verbose_name = "active session"
 
     def __str__(self) -> str:
         return self.storage_id
