@@ -54,9 +54,10 @@ class RequestClient:
         ip = self.packed_ip()
         _, ip_length = _HEAD.unpack_from(raw)
         start = _HEAD.size
-        return raw[start : start + ip_length] == ip and raw[
-            start + ip_length : start + ip_length + _DIGEST_BYTES
-        ] == self.digest()
+        return (
+            raw[start : start + ip_length] == ip
+            and raw[start + ip_length : start + ip_length + _DIGEST_BYTES] == self.digest()
+        )
 
 
 @dataclass(frozen=True, slots=True)

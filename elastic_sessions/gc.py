@@ -26,9 +26,10 @@ from django.db import connection
 
 from .conf import elastic_settings
 from .connection import get_client, translate_outages
-from .keys import is_valid_storage_id
+from .keys import is_valid_storage_id, listing_redis_keys
 from .models import DurableSession
 from .storage.database import delete_ended
+from .storage.listing_index import prune_listing
 from .storage.redis import prune_index
 
 # How long a stopped SCAN pass may be resumed; after that a run starts over.
@@ -118,6 +119,10 @@ def _check_key(
 ) -> None:
     if kind == "none":
         return  # expired meanwhile
+    if key in listing_redis_keys() and kind == "zset":
+        if key == listing_redis_keys()[1]:  # pruned once per pass, by expiry
+            report.stale_index_entries += prune_listing(client, dry_run=dry_run)
+        return
     index_id = _braced(key, f"{prefix}:u:")
     session_id = _braced(key, f"{prefix}:")
     if index_id is not None and is_valid_storage_id(index_id) and kind == "zset":

@@ -80,3 +80,12 @@ def storage_id_from_redis_key(key: str) -> StorageId | None:
         if is_valid_storage_id(candidate):
             return StorageId(candidate)
     return None
+
+
+def listing_redis_keys() -> tuple[RedisKey, RedisKey]:
+    """The two sorted sets of every session (admin list): by last seen, by expiry.
+
+    One key each, so each lives in one Cluster slot; every command names one.
+    """
+    prefix = elastic_settings.KEY_PREFIX
+    return RedisKey(f"{prefix}:ix:seen"), RedisKey(f"{prefix}:ix:exp")

@@ -17,6 +17,8 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.cache import patch_vary_headers
 from django.utils.http import http_date
 
+from .backends.base import ElasticSessionBase
+from .client import request_client
 from .conf import elastic_settings
 from .exceptions import SessionStoreUnavailable
 from .signals import store_degraded, store_recovered
@@ -48,6 +50,12 @@ class _Outage:
 
 class SessionMiddleware(DjangoSessionMiddleware):
     """Drop-in replacement for ``django.contrib.sessions.middleware.SessionMiddleware``."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        super().process_request(request)
+        if isinstance(request.session, ElasticSessionBase):
+            # Recorded with the session when it is next saved or touched.
+            request.session.client = request_client(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, SessionStoreUnavailable):

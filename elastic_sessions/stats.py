@@ -24,7 +24,7 @@ from .conf import elastic_settings
 from .connection import get_client, translate_outages
 from .engine import configured_storage
 from .exceptions import SessionStoreUnavailable
-from .keys import is_valid_storage_id, storage_id_from_redis_key
+from .keys import is_valid_storage_id, listing_redis_keys, storage_id_from_redis_key
 from .models import DurableSession, RedisInvalidation
 from .storage.hybrid import BREAKER_NAME, database_outages
 from .storage.redis import RedisSessionStorage
@@ -209,6 +209,7 @@ def _scan_redis(
         # One pass for sessions and indexes alike: a MATCH does not spare Redis
         # the walk over the whole keyspace, so a second pattern would double it.
         pattern = f"{elastic_settings.KEY_PREFIX}:*"
+        listing = listing_redis_keys()
         for keys in _chunks(client.scan_iter(match=pattern, count=batch_size), batch_size):
             pipe = client.pipeline(transaction=False)
             kinds: list[tuple[str, str]] = []
@@ -223,6 +224,8 @@ def _scan_redis(
                     pipe.hexists(key, META_FIELD)
                     if measure:
                         pipe.memory_usage(key)
+                elif key in listing:
+                    continue  # the admin listing's sets (storage/listing_index.py)
                 elif (user := _user_hash_of(key)) is not None:
                     kinds.append(("index", user))
                     pipe.zcount(key, now, "+inf")

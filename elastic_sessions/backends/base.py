@@ -27,6 +27,7 @@ from django.contrib.sessions.backends.base import (
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
+from ..client import RequestClient
 from ..codec import Encoded, SessionMeta, codec_for, field_variants, key_of_field
 from ..conf import elastic_settings
 from ..exceptions import CorruptSessionData, SessionStoreUnavailable
@@ -125,6 +126,9 @@ class ElasticSessionBase(SessionBase):
         self._store_error: SessionStoreUnavailable | None = None
         # Set only by import_session(): the fixed end of a session moved here.
         self._import_expiry: int | None = None
+        # The request's IP address and user agent, set by the middleware; stored
+        # with the session for the admin and the "your sessions" page.
+        self.client: RequestClient | None = None
 
     # -- keys ---------------------------------------------------------------
     def _validate_session_key(self, key: object) -> bool:
@@ -174,7 +178,7 @@ class ElasticSessionBase(SessionBase):
         sid = self.storage_id
         assert sid is not None  # _get_session only loads with a key
         try:
-            stored = self.storage.load(sid, self._touch_interval_ms())
+            stored = self.storage.load(sid, self._touch_interval_ms(), self.client)
         except SessionStoreUnavailable as err:
             raise self._unavailable(err) from err.__cause__
         except CorruptSessionData as err:
@@ -187,7 +191,7 @@ class ElasticSessionBase(SessionBase):
         sid = self.storage_id
         assert sid is not None
         try:
-            stored = await self.storage.aload(sid, self._touch_interval_ms())
+            stored = await self.storage.aload(sid, self._touch_interval_ms(), self.client)
         except SessionStoreUnavailable as err:
             raise self._unavailable(err) from err.__cause__
         except CorruptSessionData as err:
@@ -320,6 +324,7 @@ class ElasticSessionBase(SessionBase):
                 else estimated_deadline(elastic_settings.ABSOLUTE_TIMEOUT)
             )
             index = IndexChange(add_user=new_owner, remove_user=old_owner, deadline=deadline)
+        now = int(time.time())
         return WritePlan(
             create=must_create,
             idle=idle,
@@ -330,7 +335,19 @@ class ElasticSessionBase(SessionBase):
             index=index,
             # cycle_key creates from a loaded session: keep its created/deadline.
             inherited_meta=self._meta if must_create else None,
+            client=self.client.stamp(now) if self.client is not None else None,
+            expires_hint=self._expires_hint(must_create, idle, fixed, now),
         )
+
+    def _expires_hint(self, must_create: bool, idle: int, fixed: int, now: int) -> int:
+        """When the session ends after this save, as the store will compute it."""
+        meta = self._meta  # on create: the session cycle_key replaces, if any
+        end = meta.deadline if meta is not None else now + elastic_settings.ABSOLUTE_TIMEOUT
+        if fixed:
+            end = min(end, fixed)
+        if idle > 0:
+            end = min(end, now + idle)
+        return end
 
     def _apply_write(self, plan: WritePlan, result: WriteResult) -> None:
         if result.status == 0:

@@ -146,18 +146,19 @@ class DatabaseSessionStorage:
             await DurableSession.objects.filter(pk=sid).values_list("version", flat=True).afirst()
         )
 
-    def touch(self, sid: StorageId, expires_at: int) -> bool:
-        """Move a session's expiry forward (never back, never past its deadline)."""
+    def touch(self, sid: StorageId, expires_at: int, client: bytes | None = None) -> bool:
+        """Move a session's expiry forward (never back, never past its deadline),
+        recording it as seen now, by ``client`` if given (a client field)."""
         return bool(
             DurableSession.objects.filter(pk=sid, expires_at__lt=expires_at).update(
-                expires_at=Least(F("deadline"), Value(expires_at))
+                **_touch_changes(expires_at, client)
             )
         )
 
-    async def atouch(self, sid: StorageId, expires_at: int) -> bool:
+    async def atouch(self, sid: StorageId, expires_at: int, client: bytes | None = None) -> bool:
         return bool(
             await DurableSession.objects.filter(pk=sid, expires_at__lt=expires_at).aupdate(
-                expires_at=Least(F("deadline"), Value(expires_at))
+                **_touch_changes(expires_at, client)
             )
         )
 
@@ -275,6 +276,16 @@ def _lock_rows(rows: QuerySet[DurableSession]) -> None:
     rows.update(version=F("version"))
 
 
+def _touch_changes(expires_at: int, client: bytes | None) -> dict[str, Any]:
+    changes: dict[str, Any] = {
+        "expires_at": Least(F("deadline"), Value(expires_at)),
+        "last_seen": int(time.time()),
+    }
+    if client is not None:
+        changes["client"] = client
+    return changes
+
+
 def _record(
     row: tuple[int, int, int, int, int, str | None], fields: list[tuple[_Stored, _Stored]]
 ) -> DurableRecord:
@@ -307,6 +318,8 @@ def _create(sid: StorageId, plan: WritePlan, now: int) -> DurableWrite:
                 idle=idle,
                 expires_at=expires_at,
                 version=1,
+                last_seen=now,
+                client=plan.client,
             )
     except IntegrityError:
         return DurableWrite(0)
@@ -338,7 +351,14 @@ def _update_then_read(
     expires = Least(F("deadline"), Value(now + idle if idle > 0 else _MAX_SECONDS))
     if plan.fixed_expiry:
         expires = Least(expires, Value(plan.fixed_expiry))
-    changes: dict[str, object] = {"version": F("version") + 1, "idle": idle, "expires_at": expires}
+    changes: dict[str, object] = {
+        "version": F("version") + 1,
+        "idle": idle,
+        "expires_at": expires,
+        "last_seen": now,
+    }
+    if plan.client is not None:
+        changes["client"] = plan.client
     if plan.index is not None:  # a login, a logout or a user switch
         changes["user_id"] = plan.index.add_user
     if not DurableSession.objects.filter(pk=sid, expires_at__gt=now).update(**changes):
@@ -363,7 +383,7 @@ def _update_returning(
         return _NO_RETURNING
     table = connection.ops.quote_name(DurableSession._meta.db_table)
     expires = f"{least}(deadline, %s)"
-    params: list[int | str | None] = [idle, now + idle if idle > 0 else _MAX_SECONDS]
+    params: list[int | str | bytes | None] = [now, idle, now + idle if idle > 0 else _MAX_SECONDS]
     if plan.fixed_expiry:
         expires = f"{least}({expires}, %s)"
         params.append(plan.fixed_expiry)
@@ -371,10 +391,14 @@ def _update_returning(
     if plan.index is not None:  # a login, a logout or a user switch
         user = ", user_id = %s"
         params.append(plan.index.add_user)
+    if plan.client is not None:
+        user += ", client = %s"
+        params.append(plan.client)
     params += [sid, now]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET version = version + 1, idle = %s, expires_at = {expires}{user} "
+            f"UPDATE {table} SET version = version + 1, last_seen = %s, idle = %s, "
+            f"expires_at = {expires}{user} "
             "WHERE storage_id = %s AND expires_at > %s "
             "RETURNING created, deadline, expires_at, version",
             params,

@@ -34,6 +34,7 @@ from django.db import InterfaceError, OperationalError
 from django.utils.module_loading import import_string
 
 from ..breaker import CircuitBreaker, breaker_for
+from ..client import RequestClient
 from ..codec import SessionMeta, codec_for
 from ..conf import elastic_settings
 from ..exceptions import CorruptSessionData, SessionStoreUnavailable
@@ -84,7 +85,9 @@ class HybridStorage:
         return breaker_for(BREAKER_NAME)
 
     # -- load ---------------------------------------------------------------
-    def load(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None:
+    def load(
+        self, sid: StorageId, touch_interval_ms: int, client: RequestClient | None = None
+    ) -> StoredSession | None:
         breaker = self.breaker
         use_redis = breaker.allow()
         # The probe's own read happened before Redis was reconciled: not served.
@@ -104,7 +107,7 @@ class HybridStorage:
             else:
                 use_redis = self._succeeded(breaker, probing)
                 if use_redis and hit is not None and not probing:
-                    self._touch_durably(sid, hit)
+                    self._touch_durably(sid, hit, client)
                     return hit.stored
         with database_outages("load a session"):
             record = self.db.load(sid)
@@ -116,10 +119,12 @@ class HybridStorage:
         if stored.touched_ttl_ms >= 0:
             # Served by the database (an outage): the expiry slides there, or an
             # active user with a short idle timeout would time out during it.
-            self._touch_durably_or_log(sid, stored)
+            self._touch_durably_or_log(sid, stored, client)
         return stored
 
-    async def aload(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None:
+    async def aload(
+        self, sid: StorageId, touch_interval_ms: int, client: RequestClient | None = None
+    ) -> StoredSession | None:
         breaker = self.breaker
         use_redis = breaker.allow()
         # The probe's own read happened before Redis was reconciled: not served.
@@ -138,7 +143,7 @@ class HybridStorage:
             else:
                 use_redis = await self._asucceeded(breaker, probing)
                 if use_redis and hit is not None and not probing:
-                    await self._atouch_durably(sid, hit)
+                    await self._atouch_durably(sid, hit, client)
                     return hit.stored
         with database_outages("load a session"):
             record = await self.db.aload(sid)
@@ -148,7 +153,7 @@ class HybridStorage:
             await self._arepopulate(sid, record, breaker)
         stored = _stored(record, None if use_redis else touch_interval_ms)
         if stored.touched_ttl_ms >= 0:
-            await sync_to_async(self._touch_durably_or_log)(sid, stored)
+            await sync_to_async(self._touch_durably_or_log)(sid, stored, client)
         return stored
 
     # -- breaker bookkeeping and read-through ----------------------------------
@@ -211,34 +216,39 @@ class HybridStorage:
         except SessionStoreUnavailable as err:
             await breaker.arecord_failure(err)
 
-    def _touch_durably_or_log(self, sid: StorageId, stored: StoredSession) -> None:
-        expires_at = int(time.time()) + stored.touched_ttl_ms // 1000
+    def _touch_durably_or_log(
+        self, sid: StorageId, stored: StoredSession, client: RequestClient | None
+    ) -> None:
+        now = int(time.time())
+        expires_at = now + stored.touched_ttl_ms // 1000
         try:
             with database_outages("touch a session"):
-                self.db.touch(sid, expires_at)
+                self.db.touch(sid, expires_at, _stamp(client, now))
         except SessionStoreUnavailable as err:
             stored.touched_ttl_ms = -1  # not slid: no new cookie age either
             logger.warning("Could not record a touch of session %s durably: %s", sid, err)
 
-    def _touch_durably(self, sid: StorageId, hit: CopyHit) -> None:
+    def _touch_durably(self, sid: StorageId, hit: CopyHit, client: RequestClient | None) -> None:
         expires_at = _durable_touch_due(hit)
         if expires_at is None:
             return
         try:
             with database_outages("touch a session"):
-                self.db.touch(sid, expires_at)
+                self.db.touch(sid, expires_at, _stamp(client, int(time.time())))
             self.copy.note_durable_expiry(sid, expires_at)
         except SessionStoreUnavailable as err:
             # The request has its session; the next due touch tries again.
             logger.warning("Could not record a touch of session %s durably: %s", sid, err)
 
-    async def _atouch_durably(self, sid: StorageId, hit: CopyHit) -> None:
+    async def _atouch_durably(
+        self, sid: StorageId, hit: CopyHit, client: RequestClient | None
+    ) -> None:
         expires_at = _durable_touch_due(hit)
         if expires_at is None:
             return
         try:
             with database_outages("touch a session"):
-                await self.db.atouch(sid, expires_at)
+                await self.db.atouch(sid, expires_at, _stamp(client, int(time.time())))
             await self.copy.anote_durable_expiry(sid, expires_at)
         except SessionStoreUnavailable as err:
             logger.warning("Could not record a touch of session %s durably: %s", sid, err)
@@ -490,6 +500,10 @@ def _stored(record: DurableRecord, touch_interval_ms: int | None) -> StoredSessi
 def _mirror_args(durable: DurableWrite) -> tuple[int, int, SessionMeta]:
     assert durable.meta is not None  # a write that succeeded reports its metadata
     return durable.version, durable.expires_at, durable.meta
+
+
+def _stamp(client: RequestClient | None, now: int) -> bytes | None:
+    return client.stamp(now) if client is not None else None
 
 
 def _durable_touch_due(hit: CopyHit) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from ..client import RequestClient
 from ..keys import StorageId
 from .redis import DeleteResult, StoredSession, WritePlan, WriteResult
 
@@ -12,9 +13,13 @@ from .redis import DeleteResult, StoredSession, WritePlan, WriteResult
 class SessionStorage(Protocol):
     """Sync and async twins; outages raise ``SessionStoreUnavailable``."""
 
-    def load(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None: ...
+    def load(
+        self, sid: StorageId, touch_interval_ms: int, client: RequestClient | None = None
+    ) -> StoredSession | None: ...
 
-    async def aload(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None: ...
+    async def aload(
+        self, sid: StorageId, touch_interval_ms: int, client: RequestClient | None = None
+    ) -> StoredSession | None: ...
 
     def write(self, sid: StorageId, plan: WritePlan) -> WriteResult: ...
 

@@ -17,21 +17,26 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
+from ..client import CLIENT_FIELD, RequestClient, decode_client
 from ..codec import META_FIELD, SessionMeta
 from ..connection import get_async_client, get_client, translate_outages
 from ..exceptions import CorruptSessionData
 from ..keys import StorageId, session_redis_key, user_index_redis_key
+from .listing_index import forget_commands, seen_commands
 from .scripts import (
     TOUCH,
+    Call,
     ScriptCall,
+    arun_calls,
     arun_pipeline,
     delete_if_owned_script,
     delete_script,
     index_update_script,
+    run_calls,
     run_pipeline,
     save_script,
 )
-from .wire import aexecute, asend_later, execute, send_later
+from .wire import Command, aexecute, asend_later, execute, first_error, send_later
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +50,14 @@ class StoredSession:
     """A session as read: its data fields (metadata taken out) and metadata.
 
     ``touched_ttl_ms`` is the TTL the touch sent with this load sets, or -1.
+    ``client`` is the stored client field (see client.py), if any.
     """
 
     fields: dict[bytes, bytes]
     meta: SessionMeta
     ttl_ms: int
     touched_ttl_ms: int = -1
+    client: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,11 @@ class WritePlan:
     # On create: the metadata of the session this one replaces (cycle_key), so
     # the creation time and the absolute deadline carry over.
     inherited_meta: SessionMeta | None = None
+    # The client field to store (client.py), when the request's client is known.
+    client: bytes | None = None
+    # When the session will expire after this write, as far as the engine can
+    # tell before the reply (for the admin listing's order; 0: unknown).
+    expires_hint: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +112,7 @@ class SessionSummary:
     storage_id: StorageId
     meta: SessionMeta | None
     ttl_ms: int
+    client: bytes | None = None
 
 
 @dataclass
@@ -113,38 +126,50 @@ class RedisSessionStorage:
     # session that was touched recently (most loads).  When the TTL is due to
     # slide, the touch script is sent right after and its reply read at the
     # connection's next use, so the request still waits for one round trip.
-    def load(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None:
+    def load(
+        self, sid: StorageId, touch_interval_ms: int, client: RequestClient | None = None
+    ) -> StoredSession | None:
         key = session_redis_key(sid)
         with translate_outages("load a session"):
-            client = get_client()
-            stored = _parse_load(execute(client, [("HGETALL", key), ("PTTL", key)]))
-            if stored is not None and _touch(stored, touch_interval_ms):
-                send_later(client, [_touch_command(key, touch_interval_ms)])
+            redis_client = get_client()
+            stored = _parse_load(execute(redis_client, [("HGETALL", key), ("PTTL", key)]))
+            if stored is not None:
+                later = _after_load(sid, stored, touch_interval_ms, client)
+                if later:
+                    send_later(redis_client, later)
         return stored
 
-    async def aload(self, sid: StorageId, touch_interval_ms: int) -> StoredSession | None:
+    async def aload(
+        self, sid: StorageId, touch_interval_ms: int, client: RequestClient | None = None
+    ) -> StoredSession | None:
         key = session_redis_key(sid)
         with translate_outages("load a session"):
-            client = get_async_client()
-            stored = _parse_load(await aexecute(client, [("HGETALL", key), ("PTTL", key)]))
-            if stored is not None and _touch(stored, touch_interval_ms):
-                await asend_later(client, [_touch_command(key, touch_interval_ms)])
+            redis_client = get_async_client()
+            stored = _parse_load(await aexecute(redis_client, [("HGETALL", key), ("PTTL", key)]))
+            if stored is not None:
+                later = _after_load(sid, stored, touch_interval_ms, client)
+                if later:
+                    await asend_later(redis_client, later)
         return stored
 
     # -- write --------------------------------------------------------------
     def write(self, sid: StorageId, plan: WritePlan) -> WriteResult:
         with translate_outages("save a session"):
-            replies = run_pipeline(get_client(), _write_calls(sid, plan))
+            client = get_client()
+            listing = _listing_for_write(sid, plan)
+            replies = _checked(run_calls(client, _write_calls(sid, plan) + listing), len(listing))
             result = _parse_write(replies[0])
             if plan.index is not None and plan.index.add_user and result.status != 1:
                 # The pipelined index entry points at nothing: take it back.
-                run_pipeline(get_client(), [_index_call(plan.index.add_user, None, 0, [sid])])
+                run_pipeline(client, [_index_call(plan.index.add_user, None, 0, [sid])])
         return result
 
     async def awrite(self, sid: StorageId, plan: WritePlan) -> WriteResult:
         with translate_outages("save a session"):
             client = get_async_client()
-            replies = await arun_pipeline(client, _write_calls(sid, plan))
+            listing = _listing_for_write(sid, plan)
+            calls = _write_calls(sid, plan) + listing
+            replies = _checked(await arun_calls(client, calls), len(listing))
             result = _parse_write(replies[0])
             if plan.index is not None and plan.index.add_user and result.status != 1:
                 await arun_pipeline(client, [_index_call(plan.index.add_user, None, 0, [sid])])
@@ -156,33 +181,39 @@ class RedisSessionStorage:
     # the owner really was, for the caller to check.
     def delete(self, sid: StorageId, expected_owner: str | None = None) -> DeleteResult:
         with translate_outages("delete a session"):
-            replies = run_pipeline(get_client(), self._delete_calls(sid, expected_owner))
+            calls = self._delete_calls(sid, expected_owner) + forget_commands([sid])
+            replies = _checked(run_calls(get_client(), calls), 2)
         return _parse_delete(replies[0])
 
     async def adelete(self, sid: StorageId, expected_owner: str | None = None) -> DeleteResult:
         with translate_outages("delete a session"):
-            replies = await arun_pipeline(
-                get_async_client(), self._delete_calls(sid, expected_owner)
-            )
+            calls = self._delete_calls(sid, expected_owner) + forget_commands([sid])
+            replies = _checked(await arun_calls(get_async_client(), calls), 2)
         return _parse_delete(replies[0])
 
-    def _delete_calls(self, sid: StorageId, expected_owner: str | None) -> list[ScriptCall]:
-        calls: list[ScriptCall] = [(delete_script, [session_redis_key(sid)], self.owner_fields)]
+    def _delete_calls(self, sid: StorageId, expected_owner: str | None) -> list[Call]:
+        calls: list[Call] = [(delete_script, [session_redis_key(sid)], self.owner_fields)]
         if expected_owner is not None:
             calls.append(_index_call(expected_owner, None, 0, [sid]))
         return calls
 
     def delete_if_owned(self, sid: StorageId, owner: tuple[bytes, bytes]) -> bool:
         with translate_outages("revoke a session"):
-            return bool(delete_if_owned_script(get_client(), [session_redis_key(sid)], owner))
+            client = get_client()
+            deleted = bool(delete_if_owned_script(client, [session_redis_key(sid)], owner))
+            if deleted:
+                send_later(client, forget_commands([sid]))
+        return deleted
 
     async def adelete_if_owned(self, sid: StorageId, owner: tuple[bytes, bytes]) -> bool:
         with translate_outages("revoke a session"):
-            return bool(
-                await delete_if_owned_script.acall(
-                    get_async_client(), [session_redis_key(sid)], owner
-                )
+            client = get_async_client()
+            deleted = bool(
+                await delete_if_owned_script.acall(client, [session_redis_key(sid)], owner)
             )
+            if deleted:
+                await asend_later(client, forget_commands([sid]))
+        return deleted
 
     def delete_all_if_owned(
         self, sids: Sequence[StorageId], owner: tuple[bytes, bytes]
@@ -191,8 +222,11 @@ class RedisSessionStorage:
         if not sids:
             return []
         with translate_outages("revoke sessions"):
-            replies = run_pipeline(get_client(), _owned_delete_calls(sids, owner))
-        return [sid for sid, deleted in zip(sids, replies, strict=True) if deleted]
+            client = get_client()
+            replies = run_pipeline(client, _owned_delete_calls(sids, owner))
+            ended = [sid for sid, deleted in zip(sids, replies, strict=True) if deleted]
+            send_later(client, forget_commands(ended))
+        return ended
 
     async def adelete_all_if_owned(
         self, sids: Sequence[StorageId], owner: tuple[bytes, bytes]
@@ -200,8 +234,11 @@ class RedisSessionStorage:
         if not sids:
             return []
         with translate_outages("revoke sessions"):
-            replies = await arun_pipeline(get_async_client(), _owned_delete_calls(sids, owner))
-        return [sid for sid, deleted in zip(sids, replies, strict=True) if deleted]
+            client = get_async_client()
+            replies = await arun_pipeline(client, _owned_delete_calls(sids, owner))
+            ended = [sid for sid, deleted in zip(sids, replies, strict=True) if deleted]
+            await asend_later(client, forget_commands(ended))
+        return ended
 
     # -- exists -------------------------------------------------------------
     def exists(self, sid: StorageId) -> bool:
@@ -390,19 +427,21 @@ def _owned_delete_calls(sids: Sequence[StorageId], owner: tuple[bytes, bytes]) -
     return [(delete_if_owned_script, [session_redis_key(sid)], owner) for sid in sids]
 
 
-def _write_calls(sid: StorageId, plan: WritePlan) -> list[ScriptCall]:
+def _write_calls(sid: StorageId, plan: WritePlan) -> list[Call]:
     args: list[Any] = [
         "c" if plan.create else "u",
         plan.idle,
         plan.absolute,
         plan.fixed_expiry,
         plan.inherited_meta.encode() if plan.inherited_meta is not None else b"",
-        len(plan.sets),
+        len(plan.sets) + (plan.client is not None),
     ]
     for name, value in plan.sets.items():
         args += (name, value)
+    if plan.client is not None:
+        args += (CLIENT_FIELD, plan.client)
     args += plan.deletes
-    calls: list[ScriptCall] = [(save_script, [session_redis_key(sid)], args)]
+    calls: list[Call] = [(save_script, [session_redis_key(sid)], args)]
     index = plan.index
     if index is not None:
         if index.remove_user is not None:
@@ -435,7 +474,8 @@ def _parse_load(replies: list[Any]) -> StoredSession | None:
     if raw_meta is None:
         # Every save writes it; a hash without it is not a session of ours.
         raise CorruptSessionData("the session has no metadata field")
-    return StoredSession(fields, SessionMeta.decode(raw_meta), int(ttl_ms))
+    client = fields.pop(CLIENT_FIELD, None)
+    return StoredSession(fields, SessionMeta.decode(raw_meta), int(ttl_ms), client=client)
 
 
 def _touch(stored: StoredSession, touch_interval_ms: int) -> bool:
@@ -455,10 +495,55 @@ def _touch(stored: StoredSession, touch_interval_ms: int) -> bool:
     return True
 
 
-def _touch_command(key: str, touch_interval_ms: int) -> tuple[Any, ...]:
+def _touch_command(key: str, touch_interval_ms: int, client_field: bytes = b"") -> tuple[Any, ...]:
     # EVAL, not EVALSHA: a reply read later cannot trigger a NOSCRIPT reload;
     # Redis caches the compiled script by its SHA either way.
-    return ("EVAL", TOUCH, 1, key, touch_interval_ms)
+    return ("EVAL", TOUCH, 1, key, touch_interval_ms, client_field)
+
+
+def _client_due(
+    stored: StoredSession, client: RequestClient | None, now: int, interval: int
+) -> bool:
+    """Whether to store the request's client: it changed, or its last-seen time
+    is older than the touch interval (so "last seen" is as fresh as the TTL)."""
+    if client is None:
+        return False
+    raw = stored.client
+    if not client.matches(raw):
+        return True
+    record = decode_client(raw)
+    return record is None or now - record.last_seen >= interval
+
+
+def _after_load(
+    sid: StorageId, stored: StoredSession, touch_interval_ms: int, client: RequestClient | None
+) -> list[Command]:
+    """What a load sends without waiting: a due touch, the client, the listing."""
+    touch_due = _touch(stored, touch_interval_ms)
+    now = int(time.time())
+    client_due = _client_due(stored, client, now, max(touch_interval_ms // 1000, 1))
+    if not (touch_due or client_due):
+        return []
+    stamp = client.stamp(now) if client is not None and client_due else b""
+    key = session_redis_key(sid)
+    expires_at = now + stored.touched_ttl_ms // 1000 if touch_due else None
+    return [_touch_command(key, touch_interval_ms, stamp), *seen_commands(sid, now, expires_at)]
+
+
+def _listing_for_write(sid: StorageId, plan: WritePlan) -> list[Call]:
+    # Sent with the save, before its reply: the expiry is the engine's estimate.
+    return [*seen_commands(sid, int(time.time()), plan.expires_hint or None)]
+
+
+def _checked(replies: list[Any], listing: int) -> list[Any]:
+    """Raise the first error among the replies that matter.
+
+    The listing commands come last in a pipeline (see listing_index.py) and
+    their errors (a listing set of the wrong type) never fail a save or a
+    delete: the admin list reports such a set, and the GC replaces it.
+    """
+    first_error(replies[: len(replies) - listing])
+    return replies
 
 
 def _parse_write(reply: Any) -> WriteResult:
@@ -477,7 +562,7 @@ def _decode_ids(raw: Sequence[Any]) -> list[StorageId]:
 
 def _queue_summary(pipe: Any, sid: StorageId) -> None:
     key = session_redis_key(sid)
-    pipe.hget(key, META_FIELD)
+    pipe.hmget(key, [META_FIELD, CLIENT_FIELD])
     pipe.pttl(key)
 
 
@@ -487,7 +572,7 @@ def _parse_summaries(
     summaries: list[SessionSummary] = []
     stale: list[StorageId] = []
     for index, sid in enumerate(sids):
-        raw_meta, ttl_ms = replies[2 * index], replies[2 * index + 1]
+        (raw_meta, client), ttl_ms = replies[2 * index], replies[2 * index + 1]
         if ttl_ms == -2:  # the key is gone: expired idle, deleted, evicted
             stale.append(sid)
             continue
@@ -495,5 +580,5 @@ def _parse_summaries(
             meta = SessionMeta.decode(raw_meta) if raw_meta else None
         except CorruptSessionData:
             meta = None
-        summaries.append(SessionSummary(sid, meta, int(ttl_ms)))
+        summaries.append(SessionSummary(sid, meta, int(ttl_ms), client))
     return summaries, stale

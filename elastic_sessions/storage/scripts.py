@@ -47,16 +47,20 @@ end
 # KEYS[1]: the session hash
 # ARGV[1]: touch interval, ms: extend only when the TTL would grow by more than
 #          this, or by more than half the idle timeout, whichever is smaller
+# ARGV[2]: the request's client field (\7, see client.py) to store, or ''
 # Returns the new TTL in ms, or -1 when nothing was extended (missing key, not a
 # hash, fixed expiry, recently touched, deadline reached).
-# allow-oom: an expiry update must keep working when Redis is full.
+# allow-oom: an expiry update must keep working when Redis is full (the client
+# field replaces one of the same bounded size).
 TOUCH = (
     "#!lua flags=allow-oom\n"
     + _META
     + """
 local key = KEYS[1]
 local _, deadline, idle = read_meta(redis.pcall('HGET', key, '\\0'))
-if not idle or idle == 0 then return -1 end
+if not deadline then return -1 end
+if ARGV[2] and #ARGV[2] > 0 then redis.call('HSET', key, '\\7', ARGV[2]) end
+if idle == 0 then return -1 end
 local target = math.min(idle * 1000, deadline * 1000 - now_ms())
 local throttle = math.min(tonumber(ARGV[1]), idle * 500)
 if target > 0 and target - redis.call('PTTL', key) > throttle then
