@@ -16,6 +16,7 @@ from django.conf import settings
 from django.contrib.auth import SESSION_KEY as USER_ID_KEY
 from django.utils.module_loading import import_string
 
+from .client import decode_client
 from .codec import codec_for
 from .engine import configured_storage
 from .keys import StorageId, is_valid_session_key, is_valid_storage_id, storage_id
@@ -44,7 +45,7 @@ class SessionInfo:
     storage_id: StorageId
     created: datetime | None
     expires: datetime
-    # Approximate: the load that slid the expiry last (to TOUCH_INTERVAL).
+    # To TOUCH_INTERVAL (hybrid engine: to DATABASE_TOUCH_DRIFT).
     last_seen: datetime | None
     is_current: bool
     # The IP address and device ("Firefox 128 on Windows") of its last request
@@ -80,7 +81,12 @@ def _info(summary: SessionSummary, now: float, current: StorageId | None) -> Ses
     expires_at = now + summary.ttl_ms / 1000
     meta = summary.meta
     last_seen = None
-    if meta is not None and meta.idle > 0 and expires_at < meta.deadline - 1:
+    client = decode_client(summary.client)
+    if client is not None:
+        last_seen = datetime.fromtimestamp(client.last_seen, UTC)
+    elif meta is not None and meta.idle > 0 and expires_at < meta.deadline - 1:
+        # No client recorded (no request through the middleware): the load
+        # that slid the expiry last, to TOUCH_INTERVAL.
         last_seen = datetime.fromtimestamp(expires_at - meta.idle, UTC)
     return SessionInfo(
         storage_id=summary.storage_id,
@@ -88,6 +94,8 @@ def _info(summary: SessionSummary, now: float, current: StorageId | None) -> Ses
         expires=datetime.fromtimestamp(expires_at, UTC),
         last_seen=last_seen,
         is_current=summary.storage_id == current,
+        ip=client.ip if client else None,
+        device=client.device if client else "",
     )
 
 

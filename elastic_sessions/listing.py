@@ -11,94 +11,42 @@ the same bounds from its indexes, so the list works while Redis is down.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
 
-from .keys import StorageId
+from .engine import configured_storage
+from .keys import StorageId, is_valid_storage_id
+from .rows import (
+    COUNT_LIMIT,
+    MAX_SEARCHED_USERS,
+    MAX_USER_SESSIONS,
+    ORDERS,
+    ListQuery,
+    Order,
+    SessionCounts,
+    SessionDetail,
+    SessionPage,
+    SessionRow,
+    session_codec,
+)
+from .signals import session_revoked
+from .storage import listing_database, listing_redis
+from .storage.hybrid import HybridStorage
 
-Order = Literal["last_seen", "-last_seen", "expires", "-expires"]
-ORDERS: tuple[Order, ...] = ("-last_seen", "last_seen", "expires", "-expires")
-# A search by username or email lists the sessions of at most this many users.
-MAX_SEARCHED_USERS = 50
-# ...and at most this many sessions in all (sorted and paged in Python).
-MAX_USER_SESSIONS = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRow:
-    """One session as the admin list shows it (None: not known for this session)."""
-
-    storage_id: StorageId
-    user_id: str | None
-    created: datetime | None
-    last_seen: datetime | None
-    expires: datetime | None
-    ip: str | None
-    # The browser and OS in words ("Firefox 128 on Windows"), or "".
-    device: str
-    # Bytes stored for this session (Redis: MEMORY USAGE; database: field values).
-    size: int
-    # Where it was read: "redis" or "database".
-    store: str
-
-
-@dataclass(frozen=True, slots=True)
-class SessionDetail:
-    """One session with its decoded items (None when they cannot be decoded)."""
-
-    row: SessionRow
-    data: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class ListQuery:
-    """What to list.  The filters combine; ``user_ids`` () means "nobody matched".
-
-    ``expiring_within`` lists by expiry and ``idle_for`` by last seen: with one
-    of them, ``order`` is kept only if it sorts by that same column (an index
-    can be ranged and ordered on one column at a time).
-    """
-
-    order: Order = "-last_seen"
-    user_ids: tuple[str, ...] | None = None
-    expiring_within: int | None = None
-    idle_for: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SessionPage:
-    rows: list[SessionRow]
-    number: int
-    per_page: int
-    # Sessions matching the query; a lower bound when ``total_is_lower_bound``
-    # (the database counts at most COUNT_LIMIT rows, to stay bounded).
-    total: int
-    total_is_lower_bound: bool
-    # The order actually applied (see ListQuery).
-    order: Order
-
-    @property
-    def num_pages(self) -> int:
-        return max(1, -(-self.total // self.per_page))
-
-    @property
-    def has_next(self) -> bool:
-        return self.number < self.num_pages
-
-    @property
-    def has_previous(self) -> bool:
-        return self.number > 1
-
-
-@dataclass(frozen=True, slots=True)
-class SessionCounts:
-    """The figures at the top of the admin list."""
-
-    active: int
-    expiring_soon: int  # within the next hour
-    idle: int  # not seen for a day or more
-    lower_bound: bool  # the database counted up to COUNT_LIMIT
+__all__ = [
+    "COUNT_LIMIT",
+    "MAX_SEARCHED_USERS",
+    "MAX_USER_SESSIONS",
+    "ORDERS",
+    "ListQuery",
+    "Order",
+    "SessionCounts",
+    "SessionDetail",
+    "SessionPage",
+    "SessionRow",
+    "counts",
+    "detail",
+    "list_page",
+    "revoke",
+]
 
 
 def list_page(query: ListQuery, number: int, per_page: int = 50) -> SessionPage:
@@ -106,19 +54,55 @@ def list_page(query: ListQuery, number: int, per_page: int = 50) -> SessionPage:
 
     Raises ``SessionStoreUnavailable`` when the store it lists cannot be read.
     """
-    raise NotImplementedError
+    number, per_page = max(1, number), max(1, per_page)
+    if _is_hybrid():
+        return listing_database.page(query, number, per_page)
+    return listing_redis.page(query, number, per_page)
 
 
 def counts() -> SessionCounts:
-    raise NotImplementedError
+    """Active sessions, those expiring within the hour, those idle for a day."""
+    if _is_hybrid():
+        return listing_database.counts()
+    return listing_redis.counts()
 
 
 def detail(sid: str) -> SessionDetail | None:
     """One session by storage id; None for an id of the wrong shape or a session that is gone."""
-    raise NotImplementedError
+    if not is_valid_storage_id(sid):
+        return None
+    if _is_hybrid():
+        return listing_database.detail(StorageId(sid))
+    return listing_redis.detail(StorageId(sid))
 
 
 def revoke(sids: Sequence[str]) -> list[tuple[StorageId, str | None]]:
     """End these sessions whoever owns them; returns ``(storage id, owner's user id)``
-    of each one ended (ids of the wrong shape and sessions already gone are skipped)."""
-    raise NotImplementedError
+    of each one ended (ids of the wrong shape and sessions already gone are skipped).
+
+    Sends ``session_revoked`` once per owner, as the per-user API does.
+    """
+    storage = configured_storage("elastic_sessions.listing")
+    ended: list[tuple[StorageId, str | None]] = []
+    for raw in dict.fromkeys(sids):
+        if not is_valid_storage_id(raw):
+            continue
+        sid = StorageId(raw)
+        result = storage.delete(sid)
+        if not result.deleted:
+            continue
+        owner = result.owner_user
+        if owner is None and result.owner_field and result.owner_value is not None:
+            owner = str(session_codec().decode_item(result.owner_field, result.owner_value)[1])
+            storage.forget_user_sessions(owner, [sid])
+        ended.append((sid, owner))
+    by_owner: dict[str | None, list[str]] = {}
+    for sid, owner in ended:
+        by_owner.setdefault(owner, []).append(sid)
+    for owner, owned in by_owner.items():
+        session_revoked.send(revoke, user_id=owner, storage_ids=owned)
+    return ended
+
+
+def _is_hybrid() -> bool:
+    return isinstance(configured_storage("the admin session list"), HybridStorage)

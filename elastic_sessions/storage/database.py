@@ -197,17 +197,24 @@ class DatabaseSessionStorage:
             sids, user_id, invalidate_redis=invalidate_redis
         )
 
-    def user_sessions(self, user_id: str) -> list[tuple[StorageId, SessionMeta, int]]:
-        """``(storage id, metadata, expires_at)`` of the user's live sessions."""
+    def user_sessions(self, user_id: str) -> list[tuple[StorageId, SessionMeta, int, bytes | None]]:
+        """``(storage id, metadata, expires_at, client field)`` of the user's live sessions."""
         rows = DurableSession.objects.filter(
             user_id=user_id, expires_at__gt=int(time.time())
-        ).values_list("pk", "created", "deadline", "idle", "expires_at")
+        ).values_list("pk", "created", "deadline", "idle", "expires_at", "client")
         return [
-            (StorageId(pk), SessionMeta(created, deadline, idle), expires_at)
-            for pk, created, deadline, idle, expires_at in rows
+            (
+                StorageId(pk),
+                SessionMeta(created, deadline, idle),
+                expires_at,
+                bytes(client) if client is not None else None,
+            )
+            for pk, created, deadline, idle, expires_at, client in rows
         ]
 
-    async def auser_sessions(self, user_id: str) -> list[tuple[StorageId, SessionMeta, int]]:
+    async def auser_sessions(
+        self, user_id: str
+    ) -> list[tuple[StorageId, SessionMeta, int, bytes | None]]:
         return await sync_to_async(self.user_sessions)(user_id)
 
     # -- Redis reconciliation -----------------------------------------------

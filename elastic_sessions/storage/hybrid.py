@@ -319,7 +319,7 @@ class HybridStorage:
             else:
                 self._succeeded(breaker, probing)
         # The owner's index is the database's user_id column: nothing to fix.
-        return DeleteResult(owner is not None, None, None)
+        return DeleteResult(owner is not None, None, None, owner)
 
     async def adelete(self, sid: StorageId, expected_owner: str | None = None) -> DeleteResult:
         breaker = self.breaker
@@ -335,7 +335,7 @@ class HybridStorage:
                 await sync_to_async(self._queue_invalidation)(sid)
             else:
                 await self._asucceeded(breaker, probing)
-        return DeleteResult(owner is not None, None, None)
+        return DeleteResult(owner is not None, None, None, owner)
 
     # -- exists and the per-user index ----------------------------------------
     def exists(self, sid: StorageId) -> bool:
@@ -475,9 +475,14 @@ class HybridStorage:
             logger.warning("Could not reconcile Redis with the database: %s", err)
 
 
-def _summaries(rows: list[tuple[StorageId, SessionMeta, int]]) -> list[SessionSummary]:
+def _summaries(
+    rows: list[tuple[StorageId, SessionMeta, int, bytes | None]],
+) -> list[SessionSummary]:
     now_ms = int(time.time() * 1000)
-    return [SessionSummary(sid, meta, expires_at * 1000 - now_ms) for sid, meta, expires_at in rows]
+    return [
+        SessionSummary(sid, meta, expires_at * 1000 - now_ms, client)
+        for sid, meta, expires_at, client in rows
+    ]
 
 
 def _user_of(owner: tuple[bytes, bytes]) -> str:

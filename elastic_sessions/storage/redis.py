@@ -100,9 +100,13 @@ class WriteResult:
 
 @dataclass(frozen=True, slots=True)
 class DeleteResult:
+    """Whether a session was deleted, and who owned it: the stored owner field
+    (Redis), or the user id itself (the hybrid's database)."""
+
     deleted: bool
     owner_field: bytes | None
     owner_value: bytes | None
+    owner_user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
