@@ -91,7 +91,9 @@ def test_filters_expiring_idle_and_user(engine, settings):
     idle = listing.list_page(listing.ListQuery(idle_for=3600), 1)
     assert idle.rows == [] and idle.total == 0
     assert listing.list_page(listing.ListQuery(idle_for=0), 1).total == 3
-    ana_id = listing.detail(sid_of(ana)).row.user_id
+    ana_detail = listing.detail(sid_of(ana))
+    assert ana_detail is not None
+    ana_id = ana_detail.row.user_id
     mine = listing.list_page(listing.ListQuery(user_ids=(ana_id,)), 1)
     assert [row.storage_id for row in mine.rows] == [sid_of(ana)]
     assert listing.list_page(listing.ListQuery(user_ids=()), 1).total == 0
@@ -123,7 +125,8 @@ def test_client_field_fits_a_listpack_value(elastic_redis):
     r = elastic_redis.client()
     raw = r.hget(redis_key_of(client.cookies["sessionid"].value), CLIENT_FIELD)
     assert raw is not None and len(raw) <= 64
-    assert decode_client(raw).ip == "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
+    record = decode_client(raw)
+    assert record is not None and record.ip == "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
     assert r.object("encoding", redis_key_of(client.cookies["sessionid"].value)) == b"listpack"
 
 
