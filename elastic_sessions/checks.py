@@ -17,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .conf import DEFAULTS, REMOVED, elastic_settings
 from .connection import SUPPORTED_SCHEMES
+from .geo import import_locator
 
 ENGINES = ("elastic_sessions.backends.redis", "elastic_sessions.backends.hybrid")
 OUR_MIDDLEWARE = "elastic_sessions.middleware.SessionMiddleware"
@@ -29,6 +30,7 @@ E004 = "elastic_sessions.E004"  # REDIS_URL unusable
 E005 = "elastic_sessions.E005"  # a value of the wrong type or range
 E006 = "elastic_sessions.E006"  # KEY_PREFIX unsafe for key names / hash tags
 E007 = "elastic_sessions.E007"  # CACHE_ALIAS not a django-redis cache
+E008 = "elastic_sessions.E008"  # IP_LOCATOR not importable or not callable
 W001 = "elastic_sessions.W001"  # engine set, Django's session middleware in use
 W002 = "elastic_sessions.W002"  # ABSOLUTE_TIMEOUT shorter than SESSION_COOKIE_AGE
 W003 = "elastic_sessions.W003"  # TLS options given for a non-TLS URL
@@ -62,7 +64,29 @@ def check_settings(
     errors += _check_prefix()
     errors += _check_cache_alias()
     errors += _check_timeouts()
+    errors += _check_locator()
     return errors
+
+
+def _check_locator() -> list[checks.CheckMessage]:
+    try:
+        path = elastic_settings.IP_LOCATOR
+    except ImproperlyConfigured:
+        return []  # reported as E005
+    if path is None:
+        return []
+    try:
+        import_locator(path)
+    except ImproperlyConfigured as err:
+        return [
+            checks.Error(
+                str(err),
+                hint="Point IP_LOCATOR at a function such as 'myproject.geo.city_of', "
+                "or remove it to use GeoIP2 (GEOIP_PATH) or no location.",
+                id=E008,
+            )
+        ]
+    return []
 
 
 def _check_keys(raw: dict[object, object]) -> list[checks.CheckMessage]:

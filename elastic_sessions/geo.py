@@ -70,7 +70,7 @@ def _public_address(ip: str | None) -> str | None:
 
 
 def _ask_locator(path: str, address: str) -> str | None:
-    locator = _import_locator(path)
+    locator = import_locator(path)
     try:
         result = locator(address)
     # A deliberate fallback, not a swallowed error: the locator is user code or
@@ -91,7 +91,7 @@ def _ask_locator(path: str, address: str) -> str | None:
 
 
 @lru_cache(maxsize=8)
-def _import_locator(path: str) -> Locator:
+def import_locator(path: str) -> Locator:
     # Keyed by the dotted path, so a changed setting imports its own locator.
     try:
         locator: object = import_string(path)
@@ -151,7 +151,7 @@ def _class_name(cls: type[BaseException]) -> str:
 def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
     if setting == "ELASTIC_SESSIONS":
         _warned.clear()
-        _import_locator.cache_clear()
+        import_locator.cache_clear()
     elif setting in {"GEOIP_PATH", "GEOIP_CITY", "GEOIP_COUNTRY"}:
         _open_geoip2.cache_clear()
 

@@ -34,4 +34,10 @@ class Migration(migrations.Migration):
             name="last_seen",
             field=models.BigIntegerField(blank=True, db_index=True, null=True),
         ),
+        # Sessions from before this migration were last seen at the latest
+        # when created, as far as anyone can tell: list them in that order.
+        migrations.RunSQL(
+            "UPDATE elastic_sessions_session SET last_seen = created WHERE last_seen IS NULL",
+            migrations.RunSQL.noop,
+        ),
     ]
