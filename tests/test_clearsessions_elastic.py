@@ -21,7 +21,7 @@ from django.db import connection
 
 from elastic_sessions.backends.hybrid import SessionStore as HybridStore
 from elastic_sessions.backends.redis import SessionStore
-from elastic_sessions.keys import storage_id, user_index_redis_key
+from elastic_sessions.keys import listing_redis_keys, storage_id, user_index_redis_key
 from elastic_sessions.models import DurableSession, DurableSessionField
 
 from .contract import redis_key_of
@@ -265,3 +265,32 @@ def test_a_session_revived_while_its_batch_is_deleted_keeps_its_fields(elastic_r
     assert list(DurableSession.objects.values_list("pk", flat=True)) == [revived]
     assert DurableSessionField.objects.filter(session_id=revived).count() == 2
     assert DurableSessionField.objects.count() == 2
+
+
+def test_listing_entries_of_expired_sessions_go(elastic_redis):
+    """Entries of the admin listing whose sessions expired are pruned; live ones stay."""
+    live = [signed_in(str(n)) for n in range(3)]
+    seen, expiry = listing_redis_keys()
+    r = elastic_redis.client()
+    past = int(time.time()) - 100
+    # 1,200 expired entries: more than one prune batch of 500.
+    stale = {f"{n:022d}": past for n in range(1200)}
+    r.zadd(seen, stale)
+    r.zadd(expiry, stale)
+    assert "would remove" in run("--dry-run")
+    assert r.zcard(expiry) == 1203
+    run()
+    kept = {storage_id(session.session_key).encode() for session in live}
+    assert set(r.zrange(expiry, 0, -1)) == kept
+    assert set(r.zrange(seen, 0, -1)) == kept
+
+
+def test_listing_set_of_the_wrong_type_is_removed(elastic_redis):
+    """A listing set holding another type is malformed: deleted, and rebuilt by the next save."""
+    seen, _ = listing_redis_keys()
+    r = elastic_redis.client()
+    r.set(seen, "garbage")
+    run()
+    assert not r.exists(seen)
+    session = signed_in("1")
+    assert r.zscore(seen, storage_id(session.session_key)) is not None
