@@ -51,8 +51,8 @@ IDLE_CHOICES = ((3600, "An hour or more"), (86400, "A day or more"), (7 * 86400,
 # datetime arithmetic on hostile values.
 MAX_SECONDS = 100 * 365 * 86400
 MAX_PAGE = 1_000_000
-# A revocation form lists at most this many sessions (a page holds PER_PAGE).
-MAX_SELECTED = 500
+# A revocation acts on at most a page of sessions (what the list can select).
+MAX_SELECTED = PER_PAGE
 MAX_QUERY_LENGTH = 200
 _NUMBER = re.compile(r"[0-9]{1,12}")
 

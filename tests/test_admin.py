@@ -130,7 +130,7 @@ def test_view_only_staff_lists_but_cannot_revoke_or_see_data(engine):
     """view_activesession alone: the list and the metadata, no actions, no data, 403 on revoke."""
     viewer = make_user("viewer", "view_activesession")
     victim = make_user("victim", staff=False)
-    sid = session_of(victim, secret_note="hidden")
+    sid = session_of(victim, secret_note="zq-private-note")
     client, _ = browser_of(viewer)
     response = client.get(LIST)
     assert response.status_code == 200
@@ -141,7 +141,8 @@ def test_view_only_staff_lists_but_cannot_revoke_or_see_data(engine):
     page = client.get(detail_url(sid))
     assert page.status_code == 200
     assert "victim" in page.content.decode()
-    assert "session-data" not in page.content.decode()
+    assert 'id="session-data"' not in page.content.decode()
+    assert "zq-private-note" not in page.content.decode()
     assert "Revoke this session" not in page.content.decode()
 
     for post in (
@@ -170,7 +171,7 @@ def test_revoke_permission_without_data_permission(engine):
     staff = make_user("staff", "view_activesession", "revoke_activesession")
     client, own = browser_of(staff)
     assert 'value="revoke_selected"' in client.get(LIST).content.decode()
-    assert "session-data" not in client.get(detail_url(own)).content.decode()
+    assert 'id="session-data"' not in client.get(detail_url(own)).content.decode()
 
 
 def test_detail_masks_sensitive_values_at_any_depth(root):
