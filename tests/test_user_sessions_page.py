@@ -8,12 +8,12 @@ import re
 import pytest
 from django.test import Client
 
-from .test_admin import browser_of, engine, listed, make_user, session_of, urlpatterns, web
+from .test_admin import browser_of, engine, listed, make_user, session_of, web
 
-# The URLs (pytest.mark.urls(__name__) serves them) and the fixtures of the admin tests.
-__all__ = ["engine", "urlpatterns", "web"]
+# The fixtures of the admin tests, used here too.
+__all__ = ["engine", "web"]
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls(__name__)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 PAGE = "/account/sessions/"
 
