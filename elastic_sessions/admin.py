@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import pprint
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from functools import update_wrapper
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
@@ -27,7 +26,6 @@ from django.http import (
     Http404,
     HttpRequest,
     HttpResponse,
-    HttpResponseBase,
     HttpResponseNotAllowed,
     HttpResponseRedirect,
     QueryDict,
@@ -220,12 +218,7 @@ class ActiveSessionAdmin(_ModelAdmin):
         return request.user.has_perm("elastic_sessions.view_session_data")
 
     def get_urls(self) -> list[URLPattern]:
-        def wrap(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
-            def wrapper(*args: Any, **kwargs: Any) -> HttpResponseBase:
-                return self.admin_site.admin_view(view)(*args, **kwargs)
-
-            return update_wrapper(wrapper, view)
-
+        wrap = self.admin_site.admin_view
         prefix = f"{self.opts.app_label}_{self.opts.model_name}"
         return [
             path("", wrap(self.changelist_view), name=f"{prefix}_changelist"),
