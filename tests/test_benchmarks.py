@@ -133,3 +133,26 @@ def test_report_prints_every_targeted_ratio(quick_run):
     assert "Ratios" in stdout
     assert "elastic_sessions.backends.redis" in stdout
     assert "hybrid / cached-db" in stdout
+
+
+def test_listing_benchmark_prints_each_read_and_memory_at_each_size():
+    """``python -m benchmarks.listing`` runs end to end at tiny sizes: every read has
+    its timings and ratio, and memory per session is printed for each size."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.listing", "--sizes", "60,200", "--repeats", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = ("list_page", "counts()", "detail()", "admin list page")
+    reads = [line for line in proc.stdout.splitlines() if line.startswith(names)]
+    assert len(reads) == 14
+    for line in reads:
+        # Two sizes (median and p95 each), then the ratio of the medians.
+        figures = [word for word in line.split() if word.replace(".", "", 1).isdigit()]
+        assert len(figures) == 5, line
+    assert "median 200/60" in proc.stdout
+    assert proc.stdout.count("B with the listing sets") == 2
