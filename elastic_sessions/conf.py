@@ -69,6 +69,9 @@ DEFAULTS: dict[str, object] = {
     # A regular expression (case-insensitive) matched against session keys:
     # the admin shows the values of matching keys masked.
     "MASKED_KEYS": "pass|secret|token|key|hash|signature|csrf|otp|card|ssn",
+    # Redis engine: keep the two sorted sets of every session (by last seen, by
+    # expiry) that let the admin list all sessions.  About 250 bytes a session.
+    "LISTING_INDEX": True,
 }
 
 # Keys that earlier designs used; reported by the checks with their replacement.
@@ -237,6 +240,13 @@ class Settings:
                 f"ELASTIC_SESSIONS['MASKED_KEYS'] must be a regular expression: {err}."
             ) from None
         return pattern
+
+    @cached_property
+    def LISTING_INDEX(self) -> bool:
+        value = self._get("LISTING_INDEX")
+        if not isinstance(value, bool):
+            raise ImproperlyConfigured("ELASTIC_SESSIONS['LISTING_INDEX'] must be True or False.")
+        return value
 
     def clear_cache(self) -> None:
         """Forget every parsed setting (the next read parses again)."""

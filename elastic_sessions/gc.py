@@ -119,6 +119,12 @@ def _check_key(
 ) -> None:
     if kind == "none":
         return  # expired meanwhile
+    if key in listing_redis_keys() and not elastic_settings.LISTING_INDEX:
+        # Left from before LISTING_INDEX was turned off: nothing keeps it now.
+        report.malformed_keys += 1
+        if not dry_run:
+            client.delete(key)
+        return
     if key in listing_redis_keys() and kind == "zset":
         if key == listing_redis_keys()[1]:  # pruned once per pass, by expiry
             report.stale_index_entries += prune_listing(client, dry_run=dry_run)

@@ -79,6 +79,9 @@ class SessionPage:
     total_is_lower_bound: bool
     # The order actually applied (see ListQuery).
     order: Order
+    # True when the store cannot list all sessions (LISTING_INDEX is off):
+    # only a search or a user filter lists anything.
+    needs_user: bool = False
 
     @property
     def num_pages(self) -> int:
@@ -101,6 +104,7 @@ class SessionCounts:
     expiring_soon: int  # within the next hour
     idle: int  # not seen for a day or more
     lower_bound: bool  # the database counted up to COUNT_LIMIT
+    available: bool = True  # False: LISTING_INDEX is off, nothing was counted
 
 
 def session_codec() -> Codec:

@@ -468,3 +468,17 @@ def test_redis_engine_with_redis_down_answers_503_not_500(web, redis_factory, us
     client, _ = browser_of(root)
     server.kill()
     assert client.get(LIST).status_code == 503
+
+
+
+def test_listing_index_off_lists_by_search_only(web, settings, elastic_redis):
+    """Without LISTING_INDEX the list says so and still finds a user's sessions by search."""
+    web.SESSION_ENGINE = ENGINES["redis"]
+    settings.ELASTIC_SESSIONS = {"REDIS_URL": elastic_redis.url, "LISTING_INDEX": False}
+    root = Client()
+    root.force_login(get_user_model().objects.create_superuser("root", "root@x.example", "root"))
+    alice_sid = session_of(make_user("alice", staff=False))
+    page = root.get(LIST).content.decode()
+    assert 'id="listing-off"' in page
+    assert 'id="session-counts"' not in page
+    assert listed(root.get(LIST, {"q": "alice"})) == [alice_sid]

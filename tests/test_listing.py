@@ -11,7 +11,7 @@ from django.test import Client
 
 from elastic_sessions import listing
 from elastic_sessions.client import CLIENT_FIELD, decode_client
-from elastic_sessions.keys import listing_redis_keys, storage_id
+from elastic_sessions.keys import listing_redis_keys, storage_id, user_index_redis_key
 
 from .contract import redis_key_of
 
@@ -163,3 +163,40 @@ def test_wrong_type_listing_set_never_fails_a_request(elastic_redis, caplog):
     page = listing.list_page(listing.ListQuery(), 1)
     assert page.rows == [] and page.total == 0
     assert "not a sorted set" in caplog.text
+
+
+def test_listing_index_off_lists_by_user_only(settings, elastic_redis):
+    """With LISTING_INDEX off no listing set is written; the list needs a user."""
+    settings.ELASTIC_SESSIONS = {"REDIS_URL": elastic_redis.url, "LISTING_INDEX": False}
+    client = sign_in("ana")
+    r = elastic_redis.client()
+    assert not any(r.exists(key) for key in listing_redis_keys())
+    page = listing.list_page(listing.ListQuery(), 1)
+    assert page.needs_user and page.rows == []
+    assert not listing.counts().available
+    detail = listing.detail(sid_of(client))
+    assert detail is not None and detail.row.user_id is not None
+    mine = listing.list_page(listing.ListQuery(user_ids=(detail.row.user_id,)), 1)
+    assert [row.storage_id for row in mine.rows] == [sid_of(client)]
+
+
+def test_a_user_with_many_sessions_costs_a_bounded_read(elastic_redis):
+    """Listing one user reads at most MAX_USER_SESSIONS of their index, however large."""
+    client = sign_in("ana")
+    found = listing.detail(sid_of(client))
+    assert found is not None
+    user_id = found.row.user_id
+    assert user_id is not None
+    r = elastic_redis.client()
+    far = int(time.time()) + 3600
+    r.zadd(user_index_redis_key(user_id), {f"{n:022d}": far for n in range(5000)})
+    r.config_resetstat()
+    page = listing.list_page(listing.ListQuery(user_ids=(user_id,)), 1)
+    housekeeping = {"cmdstat_info", "cmdstat_config|resetstat", "cmdstat_ping", "cmdstat_hello"}
+    calls = sum(
+        stats["calls"] for name, stats in r.info("commandstats").items() if name not in housekeeping
+    )
+    # One bounded index read, then HMGET + PTTL + MEMORY USAGE per session read
+    # (and a ZREM pair for the ones found gone).
+    assert calls <= 1 + 3 * listing.MAX_USER_SESSIONS + 2
+    assert page.total <= 1

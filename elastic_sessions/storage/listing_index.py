@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from ..conf import elastic_settings
 from ..keys import StorageId, listing_redis_keys
 from .scripts import LuaScript
 from .wire import execute, first_error
@@ -52,7 +53,10 @@ PRUNE_BATCH = 500
 
 
 def seen_commands(sid: StorageId, now: int, expires_at: int | None) -> list[tuple[Any, ...]]:
-    """Record that ``sid`` was seen at ``now`` and, if known, when it expires now."""
+    """Record that ``sid`` was seen at ``now`` and, if known, when it expires now
+    (nothing when ``LISTING_INDEX`` is off)."""
+    if not elastic_settings.LISTING_INDEX:
+        return []
     seen, expiry = listing_redis_keys()
     commands: list[tuple[Any, ...]] = [("ZADD", seen, now, sid)]
     if expires_at is not None:

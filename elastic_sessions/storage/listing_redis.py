@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 
 from ..client import CLIENT_FIELD, decode_client
 from ..codec import META_FIELD, SessionMeta, field_variants
+from ..conf import elastic_settings
 from ..connection import get_client, translate_outages
 from ..exceptions import CorruptSessionData
 from ..keys import StorageId, listing_redis_keys, session_redis_key, user_index_redis_key
@@ -49,6 +50,8 @@ def page(query: ListQuery, number: int, per_page: int) -> SessionPage:
     with translate_outages("list sessions"):
         if query.user_ids is not None:
             return _users_page(client, query, number, per_page)
+        if not elastic_settings.LISTING_INDEX:
+            return SessionPage([], 1, per_page, 0, False, query.order, needs_user=True)
         _prune(client)
         key, low, high, order = _range(query)
         reverse = order.startswith("-")
@@ -68,6 +71,8 @@ def page(query: ListQuery, number: int, per_page: int) -> SessionPage:
 
 
 def counts() -> SessionCounts:
+    if not elastic_settings.LISTING_INDEX:
+        return SessionCounts(0, 0, 0, False, available=False)
     client = get_client()
     seen, expiry = listing_redis_keys()
     at = now()
@@ -150,7 +155,14 @@ def _users_page(client: Any, query: ListQuery, number: int, per_page: int) -> Se
     sids: list[StorageId] = []
     for user_id in query.user_ids or ():
         try:
-            found = client.zrangebyscore(user_index_redis_key(user_id), at, "+inf")
+            # LIMIT: a user with a million sessions still costs one page's worth.
+            found = client.zrangebyscore(
+                user_index_redis_key(user_id),
+                at,
+                "+inf",
+                start=0,
+                num=MAX_USER_SESSIONS - len(sids),
+            )
         except ResponseError as err:
             if not str(err).startswith("WRONGTYPE"):
                 raise
