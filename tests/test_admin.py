@@ -470,7 +470,6 @@ def test_redis_engine_with_redis_down_answers_503_not_500(web, redis_factory, us
     assert client.get(LIST).status_code == 503
 
 
-
 def test_listing_index_off_lists_by_search_only(web, settings, elastic_redis):
     """Without LISTING_INDEX the list says so and still finds a user's sessions by search."""
     web.SESSION_ENGINE = ENGINES["redis"]
