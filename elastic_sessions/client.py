@@ -34,7 +34,9 @@ class RequestClient:
     user_agent: str
 
     def digest(self) -> bytes:
-        return hashlib.blake2b(self.user_agent.encode(errors="replace"), digest_size=6).digest()
+        return hashlib.blake2b(
+            self.user_agent.encode(errors="replace"), digest_size=_DIGEST_BYTES
+        ).digest()
 
     def packed_ip(self) -> bytes:
         if self.ip is None:

@@ -4,6 +4,8 @@
   line, and keeps the session cookie: a user is never logged out by a Redis blip.
 * When a load slid the idle expiry but nothing was saved, the cookie is sent again
   with the new ``Max-Age``, so browser and store expire together.
+* Each request's IP address and user agent are handed to its session, which
+  records them (with "last seen") on its next save or due touch.
 """
 
 from __future__ import annotations
