@@ -9,8 +9,6 @@ to the page).  Every view goes through ``AdminSite.admin_view`` (login, staff,
 
 from __future__ import annotations
 
-import json
-import pprint
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -18,10 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.models import DELETION, LogEntry
-from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
-from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Model, Q
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model
 from django.http import (
     Http404,
     HttpRequest,
@@ -34,14 +31,14 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, URLPattern, path, reverse
 
 from . import listing
-from .api import list_sessions, revoke_user_sessions, user_id_of
-from .conf import elastic_settings
+from .api import list_sessions, revoke_user_sessions
 from .exceptions import SessionStoreUnavailable
 from .keys import StorageId
+from .masking import masked_items
 from .models import ActiveSession
+from .owners import owner_name, search_users, users_by_id
 
 PER_PAGE = 50
-MASK = "********"
 # The filters' preset choices, in seconds; the URL takes any positive number.
 EXPIRING_CHOICES = ((3600, "Within an hour"), (86400, "Within a day"), (7 * 86400, "Within a week"))
 IDLE_CHOICES = ((3600, "An hour or more"), (86400, "A day or more"), (7 * 86400, "A week or more"))
@@ -101,72 +98,6 @@ class Filters:
             if value != default:
                 params[name] = str(value)
         return f"?{params.urlencode()}"
-
-
-def masked(value: object, pattern: re.Pattern[str]) -> object:
-    """``value`` with the values of mapping keys that match ``pattern`` replaced by MASK,
-    at any depth (inside lists and tuples too)."""
-    if isinstance(value, Mapping):
-        return {
-            key: MASK if pattern.search(str(key)) else masked(item, pattern)
-            for key, item in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [masked(item, pattern) for item in value]
-    return value
-
-
-def _pretty(value: object) -> str:
-    try:
-        return json.dumps(value, indent=2, ensure_ascii=False, default=repr)
-    except (TypeError, ValueError):  # keys JSON cannot hold, or a cycle
-        return pprint.pformat(value)
-
-
-def masked_items(data: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """A session's items, sorted by key, values masked per MASKED_KEYS and pretty-printed."""
-    pattern = re.compile(elastic_settings.MASKED_KEYS, re.IGNORECASE)
-    shown = masked(data, pattern)
-    assert isinstance(shown, dict)
-    return [(key, _pretty(shown[key])) for key in sorted(shown, key=str)]
-
-
-def users_by_id(user_ids: Iterable[str | None]) -> dict[str, Model]:
-    """The users behind these session owner ids, in one query (unknown ids left out)."""
-    User = get_user_model()
-    pk_field = User._meta.pk
-    assert pk_field is not None
-    pks = []
-    for user_id in {uid for uid in user_ids if uid}:
-        try:
-            pks.append(pk_field.clean(user_id, None))
-        except ValidationError:
-            continue  # not the shape of this project's user ids: nobody
-    return {user_id_of(user): user for user in User._default_manager.filter(pk__in=pks)}
-
-
-def search_users(q: str) -> tuple[tuple[str, ...], bool]:
-    """Ids of users whose username or email contains ``q``, and whether there were
-    more than MAX_SEARCHED_USERS (the rest are left out)."""
-    User = get_user_model()
-    condition = Q()
-    for name in {User.USERNAME_FIELD, User.get_email_field_name()}:
-        if any(field.name == name for field in User._meta.get_fields()):
-            condition |= Q(**{f"{name}__icontains": q})
-    if not condition:
-        return (), False
-    found = list(
-        User._default_manager.filter(condition).order_by("pk")[: listing.MAX_SEARCHED_USERS + 1]
-    )
-    ids = tuple(user_id_of(user) for user in found[: listing.MAX_SEARCHED_USERS])
-    return ids, len(found) > listing.MAX_SEARCHED_USERS
-
-
-def owner_name(user_id: str | None, users: Mapping[str, Model]) -> str:
-    if user_id is None:
-        return "anonymous"
-    user = users.get(user_id)
-    return str(user) if user is not None else f"user #{user_id}"
 
 
 def log_revocations(
