@@ -8,10 +8,18 @@ import re
 import pytest
 from django.test import Client
 
-from .test_admin import browser_of, engine, listed, make_user, session_of, web
+from .test_admin import (
+    browser_of,
+    engine,
+    hybrid_without_redis,
+    listed,
+    make_user,
+    session_of,
+    web,
+)
 
 # The fixtures of the admin tests, used here too.
-__all__ = ["engine", "web"]
+__all__ = ["engine", "hybrid_without_redis", "web"]
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -173,3 +181,19 @@ def test_the_templates_can_be_overridden_and_extended(alice, web, tmp_path):
     assert "<p id='own-intro'>Mine</p>" in text
     assert "Every browser or device" not in text
     assert listed(laptop.get(PAGE)) == [sid]
+
+
+def test_user_page_works_on_the_hybrid_engine_with_redis_down(hybrid_without_redis):
+    """With Redis killed, the hybrid user page lists, revokes one and signs out the others."""
+    alice = make_user("alice", staff=False)
+    laptop, laptop_sid = browser_of(alice)
+    phone, phone_sid = browser_of(alice)
+    tablet, tablet_sid = browser_of(alice)
+    hybrid_without_redis.kill()
+
+    assert set(listed(laptop.get(PAGE))) == {laptop_sid, phone_sid, tablet_sid}
+    assert laptop.post(revoke_url(phone_sid)).status_code == 302
+    assert phone.get("/keys/x/").json()["user"] is None
+    assert laptop.post(REVOKE_OTHERS).status_code == 302
+    assert tablet.get("/keys/x/").json()["user"] is None
+    assert listed(laptop.get(PAGE)) == [laptop_sid]
