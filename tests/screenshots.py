@@ -15,8 +15,8 @@ from pathlib import Path
 from playwright.sync_api import Page
 
 from .browser import chromium
-from .test_admin_browser import PHONE, SESSIONS_ADMIN, USER_PAGE, admin_sign_in, running_demo
-from .test_testproject import add_to_cart, sign_in, submit
+from .test_admin_browser import PHONE, SESSIONS_ADMIN, USER_PAGE, admin_sign_in
+from .test_testproject import add_to_cart, running_demo, sign_in, submit
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 VIEWPORT = {"width": 1440, "height": 760}

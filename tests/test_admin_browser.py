@@ -4,27 +4,19 @@ its Redis killed).  Each "device" is a browser context with its own cookies."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from .browser import chromium
-from .redis_server import RedisServer, claim_free_port, release_port
 from .test_testproject import (
-    TESTPROJECT,
     DemoSite,
-    demo_env,
     expect_signed_out,
     manage,
+    running_demo,
     sign_in,
-    stop_process,
     submit,
-    wait_until_serving,
 )
 
 SESSIONS_ADMIN = "/admin/elastic_sessions/activesession/"
@@ -33,35 +25,6 @@ PHONE = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
     "(KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1"
 )
-
-
-@contextmanager
-def running_demo(tmp: Path, engine: str = "redis") -> Iterator[DemoSite]:
-    """The demo on a free port with a private redis-server and database (in ``tmp``)."""
-    (tmp / "redis").mkdir()
-    with ExitStack() as cleanup:
-        redis = RedisServer(datadir=tmp / "redis", port=claim_free_port())
-        cleanup.callback(release_port, redis.port)
-        cleanup.callback(redis.stop)
-        redis.start()
-        port = claim_free_port()
-        cleanup.callback(release_port, port)
-        env = {**demo_env(redis.url, tmp / "db.sqlite3"), "DEMO_SESSION_ENGINE": engine}
-        manage(env, "migrate", "--noinput")
-        users_created = manage(env, "create_demo_users").stdout
-        log = tmp / "runserver.log"
-        log_file = cleanup.enter_context(log.open("wb"))
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
-            cwd=TESTPROJECT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        cleanup.callback(stop_process, process)
-        url = f"http://127.0.0.1:{port}"
-        wait_until_serving(url + "/", process, log)
-        yield DemoSite(url=url, redis=redis, env=env, users_created=users_created)
 
 
 @pytest.fixture(scope="module", params=["redis", "hybrid"])

@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,10 +77,9 @@ def wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path) ->
     raise RuntimeError(f"runserver did not answer {url} in time:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSite]:
-    """The demo site on a free port, with a private redis-server and database."""
-    tmp = tmp_path_factory.mktemp("demo")
+@contextmanager
+def running_demo(tmp: Path, engine: str = "redis") -> Iterator[DemoSite]:
+    """The demo on a free port with a private redis-server and database (in ``tmp``)."""
     (tmp / "redis").mkdir()
     with ExitStack() as cleanup:
         redis = RedisServer(datadir=tmp / "redis", port=claim_free_port())
@@ -89,11 +88,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSite]:
         redis.start()
         port = claim_free_port()
         cleanup.callback(release_port, port)
-
-        env = demo_env(redis.url, tmp / "db.sqlite3")
+        env = {**demo_env(redis.url, tmp / "db.sqlite3"), "DEMO_SESSION_ENGINE": engine}
         manage(env, "migrate", "--noinput")
         users_created = manage(env, "create_demo_users").stdout
-
         log = tmp / "runserver.log"
         log_file = cleanup.enter_context(log.open("wb"))
         process = subprocess.Popen(
@@ -107,6 +104,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSite]:
         url = f"http://127.0.0.1:{port}"
         wait_until_serving(url + "/", process, log)
         yield DemoSite(url=url, redis=redis, env=env, users_created=users_created)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSite]:
+    """The demo site on a free port, with a private redis-server and database."""
+    with running_demo(tmp_path_factory.mktemp("demo")) as site:
+        yield site
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
