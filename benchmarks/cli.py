@@ -177,6 +177,10 @@ def _run(args: argparse.Namespace) -> int:
             f"Not counted above: our per-user index (a sorted set per user, not per session)"
             f" takes {index:,} B for a user with one session."
         )
+    print(
+        "Nor the admin's listing sets (es:ix:seen, es:ix:exp; LISTING_INDEX): about 250 B"
+        " a session, measured by `python -m benchmarks.listing`."
+    )
     print("\nRatios (printed, never asserted; ops/s ratio > 1 means ours is faster)\n")
     print(ratios_table(found, labels))
     if outage is not None:
