@@ -72,6 +72,23 @@ DEFAULTS: dict[str, object] = {
     # Redis engine: keep the two sorted sets of every session (by last seen, by
     # expiry) that let the admin list all sessions.  About 250 bytes a session.
     "LISTING_INDEX": True,
+    # Encryption at rest of stored session values (AES-256-GCM).  Each entry is
+    # a secret of at least 32 characters; the first encrypts, all decrypt
+    # (rotation).  Empty: values are stored as serialized.
+    "ENCRYPTION_KEYS": [],
+    # At most this many sessions per signed-in user (0: no limit); a login past
+    # it ends the user's oldest session ("evict_oldest") or is refused ("deny").
+    "MAX_SESSIONS_PER_USER": 0,
+    "SESSION_LIMIT_POLICY": "evict_oldest",
+    # End a signed-in session used from another browser (user agent) or from
+    # outside the network it signed in from (prefix length; 0: not bound).
+    "BIND_USER_AGENT": False,
+    "BIND_IPV4_PREFIX": 0,
+    "BIND_IPV6_PREFIX": 0,
+    # Stricter timeouts, in seconds, for sessions of staff users (None: the
+    # site's own SESSION_COOKIE_AGE and ABSOLUTE_TIMEOUT).
+    "STAFF_IDLE_TIMEOUT": None,
+    "STAFF_ABSOLUTE_TIMEOUT": None,
 }
 
 # Keys that earlier designs used; reported by the checks with their replacement.
@@ -247,6 +264,64 @@ class Settings:
         if not isinstance(value, bool):
             raise ImproperlyConfigured("ELASTIC_SESSIONS['LISTING_INDEX'] must be True or False.")
         return value
+
+    @cached_property
+    def ENCRYPTION_KEYS(self) -> tuple[str, ...]:
+        value = self._get("ENCRYPTION_KEYS")
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(key, str) and len(key) >= 32 for key in value
+        ):
+            return tuple(value)
+        raise ImproperlyConfigured(
+            "ELASTIC_SESSIONS['ENCRYPTION_KEYS'] must be a list of secrets of at least 32 "
+            "characters each (the first encrypts, all decrypt)."
+        )
+
+    @cached_property
+    def MAX_SESSIONS_PER_USER(self) -> int:
+        return self._int("MAX_SESSIONS_PER_USER", allow_zero=True)
+
+    @cached_property
+    def SESSION_LIMIT_POLICY(self) -> str:
+        value = self._get("SESSION_LIMIT_POLICY")
+        if value not in {"evict_oldest", "deny"}:
+            raise ImproperlyConfigured(
+                "ELASTIC_SESSIONS['SESSION_LIMIT_POLICY'] must be 'evict_oldest' or 'deny'."
+            )
+        return str(value)
+
+    @cached_property
+    def BIND_USER_AGENT(self) -> bool:
+        value = self._get("BIND_USER_AGENT")
+        if not isinstance(value, bool):
+            raise ImproperlyConfigured("ELASTIC_SESSIONS['BIND_USER_AGENT'] must be True or False.")
+        return value
+
+    @cached_property
+    def BIND_IPV4_PREFIX(self) -> int:
+        return self._prefix("BIND_IPV4_PREFIX", 32)
+
+    @cached_property
+    def BIND_IPV6_PREFIX(self) -> int:
+        return self._prefix("BIND_IPV6_PREFIX", 128)
+
+    def _prefix(self, name: str, longest: int) -> int:
+        value = self._int(name, allow_zero=True)
+        if value > longest:
+            raise ImproperlyConfigured(
+                f"ELASTIC_SESSIONS[{name!r}] must be a prefix length from 0 to {longest}."
+            )
+        return value
+
+    @cached_property
+    def STAFF_IDLE_TIMEOUT(self) -> int | None:
+        return None if self._get("STAFF_IDLE_TIMEOUT") is None else self._int("STAFF_IDLE_TIMEOUT")
+
+    @cached_property
+    def STAFF_ABSOLUTE_TIMEOUT(self) -> int | None:
+        if self._get("STAFF_ABSOLUTE_TIMEOUT") is None:
+            return None
+        return self._int("STAFF_ABSOLUTE_TIMEOUT")
 
     def clear_cache(self) -> None:
         """Forget every parsed setting (the next read parses again)."""

@@ -21,7 +21,13 @@ DEFAULT_LINE = re.compile(r"^Default: `([^`]+)`", re.MULTILINE)
 CHECK_ID = re.compile(r"elastic_sessions\.[EW]\d{3}")
 # "| `KEY` | `<python literal>` | ..." in the README's configuration table.
 README_ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]*)` \| `([^`]+)` \|", re.MULTILINE)
-TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
+TYPES: dict[str, type] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "list[str]": list,
+}
 
 
 def read(path: Path) -> str:
