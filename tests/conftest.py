@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from elastic_sessions.connection import reset_clients
+from elastic_sessions.middleware import _Outage
 
 from .postgres_server import PostgresServer, make_basedir
 from .redis_server import RedisServer, claim_free_port, release_port
@@ -67,6 +68,17 @@ def elastic_redis(redis_server: RedisServer, settings: Any) -> Iterator[RedisSer
     redis_server.client().flushall()
     yield redis_server
     reset_clients()
+
+
+@pytest.fixture(autouse=True)
+def no_outage_left_over() -> Iterator[None]:
+    """Forget the middleware's process-wide outage state after each test.
+
+    A test that ends during an outage (a 503) would otherwise make the next
+    test's first request announce a recovery it never saw.
+    """
+    yield
+    _Outage.since = None
 
 
 @pytest.fixture

@@ -139,7 +139,8 @@ def transitions() -> Iterator[list[str]]:
             seen.append("degraded")
 
     def recovered(sender: object, **kwargs: object) -> None:
-        seen.append("recovered")
+        if sender is CircuitBreaker:
+            seen.append("recovered")
 
     store_degraded.connect(degraded)
     store_recovered.connect(recovered)
