@@ -21,6 +21,8 @@ Field names:
 * ``\\x03`` + key: a zlib-compressed serialized value.
 * ``\\x02`` + key: a serialized value whose key itself starts with ``\\x00``-``\\x07``.
 * ``\\x04``, ``\\x05``: the hybrid engine's version and durable expiry (its Redis copy only).
+* ``\\x06``: the hybrid's pending mark; ``\\x07``: the client field (see client.py).
+* ``\\x08`` + key: an encrypted value (see encryption.py), whatever its form inside.
 * key: a serialized value.
 """
 
@@ -41,11 +43,12 @@ META_FIELD = b"\x00"
 RAW_STR_MARK = b"\x01"
 ESCAPE_MARK = b"\x02"
 COMPRESSED_MARK = b"\x03"
-_MARKS = (RAW_STR_MARK, ESCAPE_MARK, COMPRESSED_MARK)
+ENCRYPTED_MARK = b"\x08"
+_MARKS = (RAW_STR_MARK, ESCAPE_MARK, COMPRESSED_MARK, ENCRYPTED_MARK)
 # Field names starting with a byte up to this one are the package's own (the
-# metadata, marks, and the hybrid engine's version and durable expiry fields
-# \x04 and \x05); a session key that starts so is stored escaped.
-_LAST_RESERVED = b"\x07"
+# metadata, marks, the hybrid engine's fields \x04 to \x06, the client field
+# and the encrypted mark); a session key that starts so is stored escaped.
+_LAST_RESERVED = b"\x08"
 _META_FORMAT = struct.Struct(">III")
 # Level 1: most of the size win of zlib's default for a fraction of its time.
 _ZLIB_LEVEL = 1
@@ -139,15 +142,20 @@ def key_of_field(field: bytes) -> str:
     return key
 
 
-_VARIANTS: dict[str, tuple[bytes, bytes, bytes]] = {}
+_VARIANTS: dict[str, tuple[bytes, ...]] = {}
 
 
-def field_variants(key: str) -> tuple[bytes, bytes, bytes]:
+def field_variants(key: str) -> tuple[bytes, ...]:
     """Every field name ``key`` can be stored under (a delete must remove all)."""
     variants = _VARIANTS.get(key)
     if variants is None:
         name = _name(key)
-        variants = (RAW_STR_MARK + name, COMPRESSED_MARK + name, serialized_field(key))
+        variants = (
+            RAW_STR_MARK + name,
+            COMPRESSED_MARK + name,
+            serialized_field(key),
+            ENCRYPTED_MARK + name,
+        )
         if len(_VARIANTS) < _KEYS_OF_FIELDS_MAX:
             _VARIANTS[key] = variants
     return variants

@@ -266,15 +266,18 @@ class Settings:
         return value
 
     @cached_property
-    def ENCRYPTION_KEYS(self) -> tuple[str, ...]:
+    def ENCRYPTION_KEYS(self) -> tuple[str | None, ...]:
         value = self._get("ENCRYPTION_KEYS")
+        # None first: decrypt with the others but write in the clear (turning
+        # encryption off without signing anyone out).
         if isinstance(value, (list, tuple)) and all(
-            isinstance(key, str) and len(key) >= 32 for key in value
+            (isinstance(key, str) and len(key) >= 32) or (key is None and index == 0)
+            for index, key in enumerate(value)
         ):
             return tuple(value)
         raise ImproperlyConfigured(
             "ELASTIC_SESSIONS['ENCRYPTION_KEYS'] must be a list of secrets of at least 32 "
-            "characters each (the first encrypts, all decrypt)."
+            "characters each (the first encrypts, all decrypt; None first writes in the clear)."
         )
 
     @cached_property

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,6 +31,7 @@ from django.utils import timezone
 from ..client import RequestClient
 from ..codec import Encoded, SessionMeta, codec_for, field_variants, key_of_field
 from ..conf import elastic_settings
+from ..encryption import open_fields, seal_fields
 from ..exceptions import CorruptSessionData, SessionStoreUnavailable
 from ..keys import SESSION_KEY_LENGTH, StorageId, is_valid_session_key, storage_id
 from ..session_data import SessionData, session_data_from_fields
@@ -103,6 +105,17 @@ def is_expired(idle: int, fixed_expiry: int, now: float) -> bool:
     return fixed_expiry <= now if fixed_expiry else idle <= 0
 
 
+def sealed(sid: StorageId, plan: WritePlan) -> WritePlan:
+    """``plan`` as stored: values encrypted when ENCRYPTION_KEYS is set, and the
+    clear fields they replace deleted in the same write."""
+    sets, replaced = seal_fields(sid, plan.sets)
+    if not replaced:
+        return plan
+    deletes = [name for name in plan.deletes if name not in sets]
+    deletes += [name for name in replaced if name not in sets]
+    return replace(plan, sets=sets, deletes=deletes)
+
+
 class ElasticSessionBase(SessionBase):
     """Django's ``SessionBase`` over a storage (see ``storage.interface.SessionStorage``)."""
 
@@ -126,6 +139,8 @@ class ElasticSessionBase(SessionBase):
         self._store_error: SessionStoreUnavailable | None = None
         # Set only by import_session(): the fixed end of a session moved here.
         self._import_expiry: int | None = None
+        # Stored fields to encrypt again on the next write (encryption.py).
+        self._stale_fields: frozenset[bytes] = frozenset()
         # The request's IP address and user agent, set by the middleware; stored
         # with the session for the admin and the "your sessions" page.
         self.client: RequestClient | None = None
@@ -203,11 +218,15 @@ class ElasticSessionBase(SessionBase):
             # Unknown or expired: never adopt the client's key (fixation).
             self._session_key = None
             return {}
+        label = str(self.storage_id)
+        # Encrypted values are opened here, once: everything after works in the clear.
+        opened = open_fields(label, stored.fields)
         try:
-            data = session_data_from_fields(stored.fields, self._codec, str(self.storage_id))
+            data = session_data_from_fields(opened.fields, self._codec, label)
         except CorruptSessionData as err:
             return self._discard_corrupt(err)
-        self._stored_fields = stored.fields
+        self._stored_fields = opened.fields
+        self._stale_fields = opened.stale
         self._meta = stored.meta
         self._touched_ttl = stored.touched_ttl_ms // 1000 if stored.touched_ttl_ms >= 0 else None
         return data
@@ -221,6 +240,7 @@ class ElasticSessionBase(SessionBase):
         )
         self._session_key = None
         self._stored_fields = {}
+        self._stale_fields = frozenset()
         self._meta = None
         return {}
 
@@ -313,6 +333,12 @@ class ElasticSessionBase(SessionBase):
             deletes += [other for other in field_variants(key_of_field(name)) if other != name]
         if not (must_create or sets or deletes):
             return None
+        for name in self._stale_fields & before.keys():
+            # Written anyway: re-encrypt, with the first key, what was stored
+            # in the clear or under an older key (lazy rotation).
+            if name not in sets and key_of_field(name) in data:
+                sets[name] = before[name]
+                deletes += [other for other in field_variants(key_of_field(name)) if other != name]
         old_owner = self._owner(before)
         new_user = data.get(USER_ID_KEY)
         new_owner = None if new_user is None else str(new_user)
@@ -363,6 +389,7 @@ class ElasticSessionBase(SessionBase):
             stored.pop(name, None)
         stored.update(plan.sets)
         self._stored_fields = stored
+        self._stale_fields -= plan.sets.keys()
         self._meta = result.meta
 
     def _expiry(self, data: dict[str, Any]) -> tuple[int, int]:
@@ -418,7 +445,7 @@ class ElasticSessionBase(SessionBase):
         if plan is None:
             return None
         try:
-            result = self.storage.write(sid, plan)
+            result = self.storage.write(sid, sealed(sid, plan))
         except SessionStoreUnavailable as err:
             raise self._unavailable(err) from err.__cause__
         self._apply_write(plan, result)
@@ -442,7 +469,7 @@ class ElasticSessionBase(SessionBase):
         if plan is None:
             return None
         try:
-            result = await self.storage.awrite(sid, plan)
+            result = await self.storage.awrite(sid, sealed(sid, plan))
         except SessionStoreUnavailable as err:
             raise self._unavailable(err) from err.__cause__
         self._apply_write(plan, result)

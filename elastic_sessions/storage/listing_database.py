@@ -16,6 +16,7 @@ from django.db.models.functions import Length
 
 from ..client import decode_client
 from ..codec import SessionMeta
+from ..encryption import open_fields
 from ..keys import StorageId
 from ..models import DurableSession, DurableSessionField
 from ..rows import (
@@ -94,7 +95,8 @@ def detail(sid: StorageId) -> SessionDetail | None:
             )
         }
     size = sum(len(value) for value in fields.values())
-    return SessionDetail(_row(values, size), decode_items(fields, session_codec()))
+    clear = open_fields(sid, fields).fields
+    return SessionDetail(_row(values, size), decode_items(clear, session_codec()))
 
 
 def _bounded_count(rows: QuerySet[DurableSession], limit: int) -> int:

@@ -20,6 +20,7 @@ from ..client import CLIENT_FIELD, decode_client
 from ..codec import META_FIELD, SessionMeta, field_variants
 from ..conf import elastic_settings
 from ..connection import get_client, translate_outages
+from ..encryption import open_fields
 from ..exceptions import CorruptSessionData
 from ..keys import StorageId, listing_redis_keys, session_redis_key, user_index_redis_key
 from ..rows import (
@@ -106,7 +107,7 @@ def detail(sid: StorageId) -> SessionDetail | None:
     row = _row(
         sid, raw_meta=raw_meta, client_field=client_field, owner=owner, ttl_ms=ttl_ms, size=size
     )
-    return SessionDetail(row, decode_items(fields, session_codec()))
+    return SessionDetail(row, decode_items(open_fields(sid, fields).fields, session_codec()))
 
 
 def _range(query: ListQuery) -> tuple[str, str | int, str | int, Order]:
