@@ -14,3 +14,4 @@ class ElasticSessionsConfig(AppConfig):
 
         checks.register(elastic_checks.check_settings, checks.Tags.compatibility)
         checks.register(elastic_checks.check_engine_and_middleware, checks.Tags.compatibility)
+        checks.register(elastic_checks.check_session_cookie, checks.Tags.security, deploy=True)

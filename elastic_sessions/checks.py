@@ -34,6 +34,12 @@ E008 = "elastic_sessions.E008"  # IP_LOCATOR not importable or not callable
 W001 = "elastic_sessions.W001"  # engine set, Django's session middleware in use
 W002 = "elastic_sessions.W002"  # ABSOLUTE_TIMEOUT shorter than SESSION_COOKIE_AGE
 W003 = "elastic_sessions.W003"  # TLS options given for a non-TLS URL
+# Deploy checks (check --deploy) of the session cookie, for our engines.
+W004 = "elastic_sessions.W004"  # SESSION_COOKIE_SECURE is not True
+W005 = "elastic_sessions.W005"  # SESSION_COOKIE_HTTPONLY is not True
+W006 = "elastic_sessions.W006"  # SESSION_COOKIE_SAMESITE unset: no SameSite attribute
+W007 = "elastic_sessions.W007"  # SESSION_COOKIE_SAMESITE "None" without Secure
+W008 = "elastic_sessions.W008"  # a __Host-/__Secure- cookie name whose rules are not met
 
 _TYPED_SETTINGS = (
     "CACHE_ALIAS", "USERNAME", "PASSWORD", "SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT",
@@ -250,3 +256,92 @@ def check_engine_and_middleware(
             )
         ]
     return []
+
+
+def check_session_cookie(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Deploy check: the session cookie's flags, with one of our engines.
+
+    Django's own security.W010-W015 (django/core/checks/security/sessions.py) fire only
+    when ``"django.contrib.sessions" in settings.INSTALLED_APPS`` (W010, W013) or
+    ``"django.contrib.sessions.middleware.SessionMiddleware" in settings.MIDDLEWARE``
+    (W011, W014; W012 and W015 when both hold), compared as literal strings.  Our
+    installation needs neither (we swap the middleware path), so for our users they
+    stay silent; W004 and W005 take their place, and defer to them when they do fire,
+    so a problem is reported once.  Django checks no SameSite and no cookie prefix.
+    """
+    if settings.SESSION_ENGINE not in ENGINES:
+        return []
+    warnings: list[checks.CheckMessage] = []
+    secure = settings.SESSION_COOKIE_SECURE is True
+    django_reports = (
+        "django.contrib.sessions" in settings.INSTALLED_APPS
+        or DJANGO_MIDDLEWARE in settings.MIDDLEWARE
+    )
+    if not secure and not django_reports:
+        warnings.append(
+            checks.Warning(
+                "SESSION_COOKIE_SECURE is not True: the session cookie is also sent over "
+                "plain HTTP, where anyone on the network can read it and hijack the session.",
+                hint="Set SESSION_COOKIE_SECURE = True and serve the site over HTTPS only.",
+                id=W004,
+            )
+        )
+    if settings.SESSION_COOKIE_HTTPONLY is not True and not django_reports:
+        warnings.append(
+            checks.Warning(
+                "SESSION_COOKIE_HTTPONLY is not True: JavaScript can read the session "
+                "cookie, so one cross-site scripting flaw hands out sessions.",
+                hint="Set SESSION_COOKIE_HTTPONLY = True (Django's default).",
+                id=W005,
+            )
+        )
+    samesite: object = settings.SESSION_COOKIE_SAMESITE
+    if not samesite:
+        warnings.append(
+            checks.Warning(
+                f"SESSION_COOKIE_SAMESITE is {samesite!r}: the cookie has no SameSite "
+                "attribute, so browsers without a Lax default send it with cross-site "
+                "requests (cross-site request forgery).",
+                hint='Set SESSION_COOKIE_SAMESITE = "Lax" (Django\'s default) or "Strict".',
+                id=W006,
+            )
+        )
+    elif isinstance(samesite, str) and samesite.lower() == "none" and not secure:
+        warnings.append(
+            checks.Warning(
+                'SESSION_COOKIE_SAMESITE is "None" but SESSION_COOKIE_SECURE is not True: '
+                "browsers refuse a SameSite=None cookie without Secure, so nobody stays "
+                "signed in.",
+                hint='Set SESSION_COOKIE_SECURE = True, or SESSION_COOKIE_SAMESITE = "Lax" '
+                "if the site needs no cross-site session.",
+                id=W007,
+            )
+        )
+    warnings += _check_cookie_prefix(secure)
+    return warnings
+
+
+def _check_cookie_prefix(secure: bool) -> list[checks.CheckMessage]:
+    # Cookie name prefixes (RFC 6265bis, section 4.1.3): a browser drops a
+    # cookie whose name promises what its attributes do not keep.
+    name = str(settings.SESSION_COOKIE_NAME)
+    unmet = []
+    if name.lower().startswith(("__host-", "__secure-")) and not secure:
+        unmet.append("SESSION_COOKIE_SECURE = True")
+    if name.lower().startswith("__host-"):
+        if settings.SESSION_COOKIE_DOMAIN is not None:
+            unmet.append("SESSION_COOKIE_DOMAIN = None")
+        if settings.SESSION_COOKIE_PATH != "/":
+            unmet.append('SESSION_COOKIE_PATH = "/"')
+    if not unmet:
+        return []
+    return [
+        checks.Warning(
+            f"SESSION_COOKIE_NAME {name!r} has a prefix whose rules the cookie breaks: "
+            "browsers will refuse it, so nobody stays signed in.",
+            hint=f"Set {', '.join(unmet)}, or choose a name without the prefix.",
+            id=W008,
+        )
+    ]
