@@ -79,6 +79,7 @@ class SessionMiddleware(DjangoSessionMiddleware):
         except SessionStoreUnavailable as err:
             return self._unavailable(request, err)
         self._refresh_touched_cookie(request, response)
+        _flag_deleted_cookie(response)
         if _Outage.since is not None and getattr(session, "accessed", False):
             self._recovered()
         return response
@@ -131,3 +132,16 @@ class SessionMiddleware(DjangoSessionMiddleware):
             samesite=settings.SESSION_COOKIE_SAMESITE,
         )
         patch_vary_headers(response, ("Cookie",))
+
+def _flag_deleted_cookie(response: HttpResponse) -> None:
+    # Django's delete_cookie() sets Secure only for __Secure-/__Host- names or
+    # SameSite=None, and never HttpOnly: the logout's deletion would be the one
+    # session cookie without the site's flags (scanners flag it; proxies strip
+    # Set-Cookie without Secure on some setups).
+    morsel = response.cookies.get(settings.SESSION_COOKIE_NAME)
+    if morsel is None or morsel.value != "" or str(morsel["max-age"]) != "0":
+        return
+    if settings.SESSION_COOKIE_SECURE:
+        morsel["secure"] = True
+    if settings.SESSION_COOKIE_HTTPONLY:
+        morsel["httponly"] = True

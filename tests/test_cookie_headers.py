@@ -213,11 +213,6 @@ def test_logout_deletes_the_cookie_where_it_was_set(engine):
     assert morsel["expires"] == EPOCH
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Django's delete_cookie() drops Secure and HttpOnly (it adds Secure only for "
-    "__Secure-/__Host- names or SameSite=None); the middleware does not put them back",
-)
 def test_logout_deletion_keeps_secure_and_httponly(engine):
     """The deleting Set-Cookie carries Secure and HttpOnly like every other session cookie."""
     client = Client()
