@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.core.exceptions import SuspiciousOperation
+from django.core.exceptions import PermissionDenied, SuspiciousOperation
 
 
 class ElasticSessionsError(Exception):
@@ -23,3 +23,11 @@ class CorruptSessionData(ElasticSessionsError):
 
 class SuspiciousSessionKey(SuspiciousOperation):
     """A cookie carried a session key that no engine of ours could have issued."""
+
+
+class SessionLimitExceeded(ElasticSessionsError, PermissionDenied):
+    """A login would exceed ``MAX_SESSIONS_PER_USER`` under the ``"deny"`` policy.
+
+    Raised out of Django's ``login()`` (by the ``user_logged_in`` receiver) after
+    the new session was ended; as a ``PermissionDenied`` the request answers 403.
+    """

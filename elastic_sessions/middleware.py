@@ -6,6 +6,8 @@
   with the new ``Max-Age``, so browser and store expire together.
 * Each request's IP address and user agent are handed to its session, which
   records them (with "last seen") on its next save or due touch.
+* After the view, a signed-in user whose privileges changed since login gets a
+  new session key (see ``policies.check_privileges``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .backends.base import ElasticSessionBase
 from .client import request_client
 from .conf import elastic_settings
 from .exceptions import SessionStoreUnavailable
+from .policies import check_privileges
 from .signals import store_degraded, store_recovered
 
 logger = logging.getLogger(__name__)
@@ -75,6 +78,9 @@ class SessionMiddleware(DjangoSessionMiddleware):
                 # template): still a 503, never a save attempt or cookie change.
                 return self._unavailable(request, error)
         try:
+            if response.status_code < 500:
+                # Before the save, so a rotated key is saved and sent at once.
+                check_privileges(request)
             response = super().process_response(request, response)
         except SessionStoreUnavailable as err:
             return self._unavailable(request, err)
@@ -132,6 +138,7 @@ class SessionMiddleware(DjangoSessionMiddleware):
             samesite=settings.SESSION_COOKIE_SAMESITE,
         )
         patch_vary_headers(response, ("Cookie",))
+
 
 def _flag_deleted_cookie(response: HttpResponse) -> None:
     # Django's delete_cookie() sets Secure only for __Secure-/__Host- names or

@@ -28,6 +28,7 @@ from django.contrib.sessions.backends.base import (
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
+from ..binding import BINDING_KEY, binding_mismatch
 from ..client import RequestClient
 from ..codec import Encoded, SessionMeta, codec_for, field_variants, key_of_field
 from ..conf import elastic_settings
@@ -46,6 +47,7 @@ from ..storage.redis import (
 )
 
 logger = logging.getLogger(__name__)
+_binding_logger = logging.getLogger("django.security.SessionBindingMismatch")
 
 # A 32-character key from 36 symbols collides about never; the bound only stops
 # a broken store from looping forever.
@@ -54,6 +56,9 @@ _CREATE_ATTEMPTS = 100
 _UNSET: Any = object()
 # Where Django's login() value (the user id) can be stored.
 _OWNER_FIELDS = field_variants(USER_ID_KEY)
+# Reserved session key: the latest absolute deadline (epoch seconds) a write may
+# leave.  Set at a staff login (policies.py); it lowers the deadline, never raises it.
+DEADLINE_CAP_KEY = "_elastic_deadline_cap"
 
 # Random bytes to key characters: 252 = 7 * 36, so bytes below it map uniformly
 # and the four above are dropped (Django's get_random_string costs 40x more).
@@ -103,6 +108,12 @@ def expiry_policy(expiry: object, default_idle: int) -> tuple[int, int]:
 def is_expired(idle: int, fixed_expiry: int, now: float) -> bool:
     """True when a save under this policy must delete instead (age <= 0)."""
     return fixed_expiry <= now if fixed_expiry else idle <= 0
+
+
+def deadline_cap(data: dict[str, Any] | None) -> int:
+    """The deadline cap ``data`` holds (epoch seconds; see ``DEADLINE_CAP_KEY``), or 0."""
+    value = data.get(DEADLINE_CAP_KEY) if data else None
+    return value if type(value) is int and value > 0 else 0
 
 
 def sealed(sid: StorageId, plan: WritePlan) -> WritePlan:
@@ -198,7 +209,12 @@ class ElasticSessionBase(SessionBase):
             raise self._unavailable(err) from err.__cause__
         except CorruptSessionData as err:
             return self._discard_corrupt(err)
-        return self._accept_loaded(stored)
+        data = self._accept_loaded(stored)
+        reason = self._binding_mismatch(data)
+        if reason is None:
+            return data
+        self._delete_sid(sid)
+        return self._unbind(sid, reason)
 
     async def aload(self) -> dict[str, Any]:
         if self._store_error is not None:
@@ -211,7 +227,12 @@ class ElasticSessionBase(SessionBase):
             raise self._unavailable(err) from err.__cause__
         except CorruptSessionData as err:
             return self._discard_corrupt(err)
-        return self._accept_loaded(stored)
+        data = self._accept_loaded(stored)
+        reason = self._binding_mismatch(data)
+        if reason is None:
+            return data
+        await self._adelete_sid(sid)
+        return self._unbind(sid, reason)
 
     def _accept_loaded(self, stored: StoredSession | None) -> dict[str, Any]:
         if stored is None:
@@ -244,6 +265,27 @@ class ElasticSessionBase(SessionBase):
         self._meta = None
         return {}
 
+    # -- binding (BIND_USER_AGENT, BIND_IPV4/6_PREFIX; see binding.py) ---------
+    def _binding_mismatch(self, data: dict[str, Any]) -> str | None:
+        """What of this request's client differs from the session's binding, if
+        anything (no client known, as outside the middleware: nothing checked)."""
+        if self.client is None or self.session_key is None or BINDING_KEY not in data:
+            return None
+        return binding_mismatch(data.get(BINDING_KEY), self.client)
+
+    def _unbind(self, sid: StorageId, reason: str) -> dict[str, Any]:
+        # The session was deleted (index entry included): a replayed cookie is
+        # dead for its rightful owner too, who signs in again.
+        _binding_logger.warning(
+            "Ended session %s: used from another %s than it signed in from; the request "
+            "continues with a new, empty session.",
+            sid,
+            reason,
+        )
+        self._session_key = None
+        self._touched_ttl = None
+        return {}
+
     # -- items ----------------------------------------------------------------
     # Django's setdefault tests `key in` and then reads the key; a large value
     # found undecodable between the two would raise KeyError out of a view.
@@ -267,9 +309,13 @@ class ElasticSessionBase(SessionBase):
 
     # -- expiry -------------------------------------------------------------
     def _deadline_left(self) -> int | None:
-        if self._meta is None:
-            return None
-        return self._meta.deadline - int(time.time())
+        # A cap set this request is not written yet when Django's middleware
+        # computes the cookie's Max-Age (before the save): apply it here too.
+        cap = deadline_cap(getattr(self, "_session_cache", None))
+        deadline = self._meta.deadline if self._meta is not None else 0
+        if cap and (not deadline or cap < deadline):
+            deadline = cap
+        return deadline - int(time.time()) if deadline else None
 
     def get_expiry_age(self, **kwargs: Any) -> int:
         """Django's age, never past the absolute deadline of this session."""
@@ -343,12 +389,14 @@ class ElasticSessionBase(SessionBase):
         new_user = data.get(USER_ID_KEY)
         new_owner = None if new_user is None else str(new_user)
         index = None
+        cap = deadline_cap(data)
         if old_owner != new_owner:
             deadline = (
                 self._meta.deadline
                 if self._meta is not None
                 else estimated_deadline(elastic_settings.ABSOLUTE_TIMEOUT)
             )
+            deadline = min(deadline, cap) if cap else deadline
             index = IndexChange(add_user=new_owner, remove_user=old_owner, deadline=deadline)
         now = int(time.time())
         return WritePlan(
@@ -362,13 +410,16 @@ class ElasticSessionBase(SessionBase):
             # cycle_key creates from a loaded session: keep its created/deadline.
             inherited_meta=self._meta if must_create else None,
             client=self.client.stamp(now) if self.client is not None else None,
-            expires_hint=self._expires_hint(must_create, idle, fixed, now),
+            expires_hint=self._expires_hint(must_create, idle, fixed, now, cap),
+            deadline_cap=cap,
         )
 
-    def _expires_hint(self, must_create: bool, idle: int, fixed: int, now: int) -> int:
+    def _expires_hint(self, must_create: bool, idle: int, fixed: int, now: int, cap: int) -> int:
         """When the session ends after this save, as the store will compute it."""
         meta = self._meta  # on create: the session cycle_key replaces, if any
         end = meta.deadline if meta is not None else now + elastic_settings.ABSOLUTE_TIMEOUT
+        if cap:
+            end = min(end, cap)
         if fixed:
             end = min(end, fixed)
         if idle > 0:

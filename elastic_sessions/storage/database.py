@@ -310,6 +310,8 @@ def _create(sid: StorageId, plan: WritePlan, now: int) -> DurableWrite:
     inherited = plan.inherited_meta
     created = inherited.created if inherited else now
     deadline = inherited.deadline if inherited else now + plan.absolute
+    if plan.deadline_cap:
+        deadline = min(deadline, plan.deadline_cap)
     expires_at = expiry_of(plan, deadline, now)
     if expires_at <= now:
         return DurableWrite(-2)
@@ -355,12 +357,16 @@ def _update_then_read(
     sid: StorageId, plan: WritePlan, idle: int, now: int
 ) -> tuple[int, int, int, int] | None:
     """The ORM's way, for databases whose UPDATE cannot return the row."""
-    expires = Least(F("deadline"), Value(now + idle if idle > 0 else _MAX_SECONDS))
+    deadline: Any = F("deadline")
+    if plan.deadline_cap:
+        deadline = Least(deadline, Value(plan.deadline_cap))
+    expires = Least(deadline, Value(now + idle if idle > 0 else _MAX_SECONDS))
     if plan.fixed_expiry:
         expires = Least(expires, Value(plan.fixed_expiry))
     changes: dict[str, object] = {
         "version": F("version") + 1,
         "idle": idle,
+        "deadline": deadline,
         "expires_at": expires,
         "last_seen": now,
     }
@@ -389,14 +395,20 @@ def _update_returning(
     if least is None:
         return _NO_RETURNING
     table = connection.ops.quote_name(DurableSession._meta.db_table)
-    expires = f"{least}(deadline, %s)"
-    params: list[int | str | bytes | None] = [now, idle, now + idle if idle > 0 else _MAX_SECONDS]
+    # SET expressions read the row as it was: the new expiry applies the cap too.
+    deadline, cap = "deadline", [plan.deadline_cap] if plan.deadline_cap else []
+    if cap:
+        deadline = f"{least}(deadline, %s)"
+    expires = f"{least}({deadline}, %s)"
+    params: list[int | str | bytes | None] = [now, idle, *cap]
+    params.append(now + idle if idle > 0 else _MAX_SECONDS)
     if plan.fixed_expiry:
         expires = f"{least}({expires}, %s)"
         params.append(plan.fixed_expiry)
-    user = ""
+    user = f", deadline = {deadline}" if cap else ""
+    params += cap
     if plan.index is not None:  # a login, a logout or a user switch
-        user = ", user_id = %s"
+        user += ", user_id = %s"
         params.append(plan.index.add_user)
     if plan.client is not None:
         user += ", client = %s"

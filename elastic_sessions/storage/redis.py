@@ -88,6 +88,9 @@ class WritePlan:
     # When the session will expire after this write, as far as the engine can
     # tell before the reply (for the admin listing's order; 0: unknown).
     expires_hint: int = 0
+    # The latest the absolute deadline may be, epoch seconds (0: none): it only
+    # ever lowers the deadline (a staff session's stricter absolute timeout).
+    deadline_cap: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +441,7 @@ def _write_calls(sid: StorageId, plan: WritePlan) -> list[Call]:
         plan.absolute,
         plan.fixed_expiry,
         plan.inherited_meta.encode() if plan.inherited_meta is not None else b"",
+        plan.deadline_cap,
         len(plan.sets) + (plan.client is not None),
     ]
     for name, value in plan.sets.items():

@@ -79,9 +79,11 @@ return -1
 # ARGV[4]: fixed expiry, epoch seconds; 0 for none
 # ARGV[5]: metadata to carry over on create (cycle_key keeps created and the
 #          deadline of the session it replaces), or ''
-# ARGV[6]: n, the number of fields to set
-# ARGV[7 .. 6+2n]: field, value pairs to set
-# ARGV[7+2n ..]: fields to remove: those of removed keys, and the other field
+# ARGV[6]: deadline cap, epoch seconds; 0 for none: the absolute deadline is
+#          lowered to it, never raised (the staff timeout; see policies.py)
+# ARGV[7]: n, the number of fields to set
+# ARGV[8 .. 7+2n]: field, value pairs to set
+# ARGV[8+2n ..]: fields to remove: those of removed keys, and the other field
 #                names of each key set (a key is stored under one name at a
 #                time; see codec.py), so two writers never leave two versions
 # Returns {status, meta}: status 1 written, 0 exists (create), -1 missing (update),
@@ -111,6 +113,8 @@ else
   created = math.floor(now / 1000)
   deadline = created + tonumber(ARGV[3])
 end
+local cap = tonumber(ARGV[6])
+if cap > 0 and cap < deadline then deadline = cap end
 -- The metadata holds unsigned 32-bit seconds: later than 2106 means "never".
 local idle = math.min(tonumber(ARGV[2]), 4294967295)
 deadline = math.min(deadline, 4294967295)
@@ -125,9 +129,9 @@ if ttl <= 0 then
 end
 local meta = struct.pack('>I4I4I4', created, deadline, idle)
 if meta ~= old_meta or ARGV[1] == 'c' then redis.call('HSET', key, '\\0', meta) end
-local last_set = 6 + 2 * tonumber(ARGV[6])
+local last_set = 7 + 2 * tonumber(ARGV[7])
 if #ARGV > last_set then call_chunked('HDEL', key, ARGV, last_set + 1, #ARGV) end
-if last_set > 6 then call_chunked('HSET', key, ARGV, 7, last_set) end
+if last_set > 7 then call_chunked('HSET', key, ARGV, 8, last_set) end
 redis.call('PEXPIRE', key, ttl)
 return {1, meta}
 """
