@@ -5,6 +5,7 @@ from __future__ import annotations
 from .exceptions import (
     CorruptSessionData,
     ElasticSessionsError,
+    SessionLimitExceeded,
     SessionStoreUnavailable,
     SuspiciousSessionKey,
 )
@@ -12,6 +13,7 @@ from .exceptions import (
 __all__ = [
     "CorruptSessionData",
     "ElasticSessionsError",
+    "SessionLimitExceeded",
     "SessionStoreUnavailable",
     "SuspiciousSessionKey",
 ]

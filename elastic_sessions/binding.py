@@ -42,26 +42,34 @@ def binding_for(client: RequestClient) -> dict[str, str] | None:
     """What a login from ``client`` records under the current settings; None: nothing.
 
     ``ua`` is the hex digest of the user agent (``BIND_USER_AGENT``); ``net`` the
-    network, as ``"203.0.113.0/24"``, when the prefix for the address's family
-    is set and the address is known.
+    network, as ``"203.0.113.0/24"``, when either prefix is set and the address
+    is known (masked to its own family's prefix, 0 for an unbound family).
     """
     binding: dict[str, str] = {}
     if elastic_settings.BIND_USER_AGENT:
         binding["ua"] = client.digest().hex()
     address = _address(client.ip)
-    if address is not None and _prefix(address.version):
+    if address is not None and _binds_networks():
+        # A family without a prefix records its whole range (/0): moving within
+        # it is fine, moving to the bound family is not.
         network = ipaddress.ip_network(f"{address}/{_prefix(address.version)}", strict=False)
         binding["net"] = str(network)
     return binding or None
+
+
+def _binds_networks() -> bool:
+    return bool(elastic_settings.BIND_IPV4_PREFIX or elastic_settings.BIND_IPV6_PREFIX)
 
 
 def binding_mismatch(binding: object, client: RequestClient) -> str | None:
     """What of ``client`` differs from a recorded ``binding``: ``"user agent"``,
     ``"network"``, or None when it matches.
 
-    Only what the settings still bind is compared (turning a setting off stops
-    its check at once).  A recorded network that cannot be read, or a client
-    without a usable IP address, counts as a mismatch: the check fails closed.
+    Only what the settings still bind is compared: turning ``BIND_USER_AGENT``
+    off, or both prefixes to 0, stops that check at once.  A client in another
+    address family than the recorded network is outside it.  A recorded network
+    that cannot be read, or a client without a usable IP address, counts as a
+    mismatch: the check fails closed.
     """
     if not isinstance(binding, dict):
         return None
@@ -73,13 +81,11 @@ def binding_mismatch(binding: object, client: RequestClient) -> str | None:
     ):
         return "user agent"
     recorded = binding.get("net")
-    if recorded is None:
+    if recorded is None or not _binds_networks():
         return None
     try:
         network: _Network = ipaddress.ip_network(str(recorded))
     except ValueError:
         return "network"
-    if not _prefix(network.version):
-        return None
     address = _address(client.ip)
     return None if address is not None and address in network else "network"

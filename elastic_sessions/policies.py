@@ -142,7 +142,11 @@ def check_privileges(request: HttpRequest) -> None:
     user = getattr(request, "user", None)
     if not isinstance(session, ElasticSessionBase) or session.store_unavailable is not None:
         return
-    if user is None or (isinstance(user, LazyObject) and user._wrapped is empty):
+    if isinstance(user, LazyObject) and user._wrapped is empty:
+        # Async views read the user with request.auser(), which Django caches
+        # apart from the lazy request.user (django/contrib/auth/middleware.py).
+        user = getattr(request, "_acached_user", None)
+    if user is None:
         return
     recorded = session.get(PRIVILEGES_KEY)
     if recorded is None or USER_ID_KEY not in session:

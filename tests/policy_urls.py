@@ -14,6 +14,12 @@ def whoami(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"user": user.get_username() if user.is_authenticated else None})
 
 
+async def awhoami(request: HttpRequest) -> JsonResponse:
+    """``whoami`` for async views, which read the user with ``request.auser()``."""
+    user = await request.auser()
+    return JsonResponse({"user": user.get_username() if user.is_authenticated else None})
+
+
 def expiry(request: HttpRequest) -> JsonResponse:
     """The session's expiry age and the signed-in user's id, without ``request.user``."""
     session = request.session
@@ -23,5 +29,6 @@ def expiry(request: HttpRequest) -> JsonResponse:
 urlpatterns = [
     *urls.urlpatterns,
     path("whoami/", whoami),
+    path("async/whoami/", awhoami),
     path("expiry/", expiry),
 ]

@@ -204,6 +204,9 @@ async def test_binding_is_checked_on_async_loads(policy):
     [
         ({"BIND_IPV4_PREFIX": 24}, "203.0.113.10", "203.0.113.77", "198.51.100.10"),
         ({"BIND_IPV6_PREFIX": 64}, "2001:db8:1:2::10", "2001:db8:1:2::99", "2001:db8:1:3::10"),
+        # Another family is outside: an IPv4 login (unbound family) may not move to IPv6.
+        ({"BIND_IPV6_PREFIX": 64}, "203.0.113.10", "198.51.100.7", "2001:db8::1"),
+        ({"BIND_IPV4_PREFIX": 24}, "::ffff:203.0.113.10", "203.0.113.77", "2001:db8::1"),
     ],
 )
 def test_network_binding_keeps_the_network_and_ends_outside_it(
@@ -321,6 +324,19 @@ def test_privilege_change_applies_the_staff_timeouts(policy, r):
     user_of(client)
     assert 295 <= int(client.cookies[COOKIE]["max-age"]) <= 300
     assert meta_of(r, key_of(client)).idle == 300
+
+
+async def test_privilege_change_seen_by_an_async_view_rotates_the_key(policy):
+    """An async view that reads the user with auser() rotates the key on a change too."""
+    client = await sync_to_async(signed_in)()
+    old_key = key_of(client)
+    await get_user_model().objects.filter(username="alice").aupdate(is_staff=True)
+    async_client = AsyncClient()
+    async_client.cookies[COOKIE] = old_key
+    response = await async_client.get("/async/whoami/")
+    assert response.json() == {"user": "alice"}
+    assert response.cookies[COOKIE].value not in {"", old_key}
+    assert not await sync_to_async(session_exists)(old_key)
 
 
 def test_requests_that_never_read_the_user_cost_no_user_query(policy):
