@@ -28,7 +28,7 @@ from elastic_sessions.storage.redis import RedisSessionStorage, WritePlan
 
 from .contract import redis_key_of
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.database]
 
 COOKIE = django_settings.SESSION_COOKIE_NAME
 DAY = 24 * 3600
