@@ -1,6 +1,8 @@
 """The optional session policies: applied at login, and when privileges change.
 
-At login (Django's ``user_logged_in``, after ``login()`` rotated the key):
+At login (Django's ``user_logged_in``, after ``login()``):
+
+* the session key rotates if ``login()`` kept it (the same user signing in again);
 
 * ``MAX_SESSIONS_PER_USER``: past the limit, end the user's oldest sessions
   (``"evict_oldest"``) or refuse the login (``"deny"``: ``SessionLimitExceeded``,
@@ -48,6 +50,10 @@ def on_user_logged_in(
     session = getattr(request, "session", None)
     if not isinstance(session, ElasticSessionBase):
         return
+    if session.initial_key is not None and session.session_key == session.initial_key:
+        # Django's login() keeps the key when the same user signs in again; a
+        # login always gets a new key here (fixation), keeping data and index.
+        session.cycle_key()
     enforce_session_limit(session, user)
     binding = binding_for(session.client) if session.client is not None else None
     if binding is None:

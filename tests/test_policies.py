@@ -411,3 +411,20 @@ def test_redis_save_lowers_the_deadline_to_the_cap_and_never_raises_it(r):
     assert write(False, now + 900).meta.deadline <= now + 600
     assert write(False, now + 300).meta.deadline == now + 300
     assert r.pttl(redis_key_of("b" * 32)) <= 300_000
+
+
+def test_signing_in_again_as_the_same_user_rotates_the_key(engine):
+    """Django keeps the key when the same user signs in again; the package rotates it anyway."""
+    client = Client()
+    client.get("/login/alice/")
+    client.get("/set/cart/3/")
+    first = client.cookies[COOKIE].value
+    client.get("/login/alice/")
+    second = client.cookies[COOKIE].value
+    assert second != first
+    assert client.get("/get/cart/").json() == {"value": "3"}
+    user = get_user_model().objects.get(username="alice")
+    assert [info.storage_id for info in api.list_sessions(user)] == [storage_id(second)]
+    stale = Client()
+    stale.cookies[COOKIE] = first
+    assert stale.get("/get/cart/").json() == {"value": None}

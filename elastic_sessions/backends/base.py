@@ -152,6 +152,8 @@ class ElasticSessionBase(SessionBase):
         self._import_expiry: int | None = None
         # Stored fields to encrypt again on the next write (encryption.py).
         self._stale_fields: frozenset[bytes] = frozenset()
+        # The key the request came with, to tell whether a login rotated it.
+        self.initial_key: str | None = self.session_key
         # The request's IP address and user agent, set by the middleware; stored
         # with the session for the admin and the "your sessions" page.
         self.client: RequestClient | None = None
