@@ -125,12 +125,6 @@ def test_hostile_key_cycled_or_saved_unread_gets_a_fresh_key(engine, r, key):
     assert session_hashes(r) == {redis_key_of(cycled.session_key), redis_key_of(saved.session_key)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="package bug: load()/aload() of a session without a key assert "
-    "(elastic_sessions/backends/base.py, `assert sid is not None`); Django's engines return {}",
-)
 async def test_load_without_a_key_is_empty(engine, r):
     """load() and aload() on a session whose hostile key was dropped return an empty
     session, as Django's own engines do, without a Redis command."""

@@ -204,7 +204,8 @@ class ElasticSessionBase(SessionBase):
         if self._store_error is not None:
             raise self._store_error
         sid = self.storage_id
-        assert sid is not None  # _get_session only loads with a key
+        if sid is None:  # no key, or a malformed one: no session, as Django's engines
+            return {}
         try:
             stored = self.storage.load(sid, self._touch_interval_ms(), self.client)
         except SessionStoreUnavailable as err:
@@ -222,7 +223,8 @@ class ElasticSessionBase(SessionBase):
         if self._store_error is not None:
             raise self._store_error
         sid = self.storage_id
-        assert sid is not None
+        if sid is None:
+            return {}
         try:
             stored = await self.storage.aload(sid, self._touch_interval_ms(), self.client)
         except SessionStoreUnavailable as err:
