@@ -278,3 +278,19 @@ def test_none_first_turns_encryption_off_without_logouts(settings, elastic_redis
     assert not any(name[:1] == ENCRYPTED_MARK for name in names)
     settings.ELASTIC_SESSIONS = {"REDIS_URL": elastic_redis.url}
     assert dict(RedisStore(session.session_key).items()) == {"note": "x", "cart": [1, 2]}
+
+
+@pytest.mark.django_db
+@pytest.mark.database
+@pytest.mark.parametrize("store", [RedisStore, HybridStore])
+def test_admin_detail_shows_encrypted_sessions_in_the_clear(encrypted, settings, store):
+    """The admin's detail of an encrypted session holds its decrypted items."""
+    from elastic_sessions import listing
+
+    settings.SESSION_ENGINE = store.__module__
+    session = store()
+    session.update({SESSION_KEY: "5", "cart": [1, 2]})
+    session.save()
+    found = listing.detail(storage_id(session.session_key))
+    assert found is not None and found.data is not None
+    assert found.data["cart"] == [1, 2] and found.row.user_id == "5"
