@@ -128,6 +128,12 @@ class Settings:
         expected = "a number >= 0" if allow_zero else "a positive number"
         raise ImproperlyConfigured(f"ELASTIC_SESSIONS[{name!r}] must be {expected}.")
 
+    def _bool(self, name: str) -> bool:
+        value = self._get(name)
+        if not isinstance(value, bool):
+            raise ImproperlyConfigured(f"ELASTIC_SESSIONS[{name!r}] must be True or False.")
+        return value
+
     def _int(self, name: str, *, allow_zero: bool = False) -> int:
         value = self._number(name, allow_zero=allow_zero)
         if value != int(value):
@@ -193,12 +199,7 @@ class Settings:
 
     @cached_property
     def SSL_CHECK_HOSTNAME(self) -> bool:
-        value = self._get("SSL_CHECK_HOSTNAME")
-        if not isinstance(value, bool):
-            raise ImproperlyConfigured(
-                "ELASTIC_SESSIONS['SSL_CHECK_HOSTNAME'] must be True or False."
-            )
-        return value
+        return self._bool("SSL_CHECK_HOSTNAME")
 
     @cached_property
     def KEY_PREFIX(self) -> str:
@@ -260,10 +261,7 @@ class Settings:
 
     @cached_property
     def LISTING_INDEX(self) -> bool:
-        value = self._get("LISTING_INDEX")
-        if not isinstance(value, bool):
-            raise ImproperlyConfigured("ELASTIC_SESSIONS['LISTING_INDEX'] must be True or False.")
-        return value
+        return self._bool("LISTING_INDEX")
 
     @cached_property
     def ENCRYPTION_KEYS(self) -> tuple[str | None, ...]:
@@ -295,10 +293,7 @@ class Settings:
 
     @cached_property
     def BIND_USER_AGENT(self) -> bool:
-        value = self._get("BIND_USER_AGENT")
-        if not isinstance(value, bool):
-            raise ImproperlyConfigured("ELASTIC_SESSIONS['BIND_USER_AGENT'] must be True or False.")
-        return value
+        return self._bool("BIND_USER_AGENT")
 
     @cached_property
     def BIND_IPV4_PREFIX(self) -> int:
