@@ -89,6 +89,16 @@ DEFAULTS: dict[str, object] = {
     # site's own SESSION_COOKIE_AGE and ABSOLUTE_TIMEOUT).
     "STAFF_IDLE_TIMEOUT": None,
     "STAFF_ABSOLUTE_TIMEOUT": None,
+    # Redis Sentinel: "host:port" of each sentinel, and the monitored service's
+    # name.  With SENTINELS set, REDIS_URL only supplies db, TLS and credentials.
+    "SENTINELS": [],
+    "SENTINEL_SERVICE": "mymaster",
+    # Credentials of the sentinels themselves (ACL user, password), if any.
+    "SENTINEL_USERNAME": None,
+    "SENTINEL_PASSWORD": None,
+    # Redis Cluster: REDIS_URL names any node; CLUSTER_NODES adds more seeds.
+    "CLUSTER": False,
+    "CLUSTER_NODES": [],
 }
 
 # Keys that earlier designs used; reported by the checks with their replacement.
@@ -320,6 +330,50 @@ class Settings:
         if self._get("STAFF_ABSOLUTE_TIMEOUT") is None:
             return None
         return self._int("STAFF_ABSOLUTE_TIMEOUT")
+
+    def _host_ports(self, name: str) -> tuple[tuple[str, int], ...]:
+        value = self._get(name)
+        error = ImproperlyConfigured(
+            f'ELASTIC_SESSIONS[{name!r}] must be a list of "host:port" strings.'
+        )
+        if not isinstance(value, (list, tuple)):
+            raise error
+        pairs = []
+        for item in value:
+            host, _, port = str(item).rpartition(":") if isinstance(item, str) else ("", "", "")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise error
+            pairs.append((host.strip("[]"), int(port)))
+        return tuple(pairs)
+
+    @cached_property
+    def SENTINELS(self) -> tuple[tuple[str, int], ...]:
+        return self._host_ports("SENTINELS")
+
+    @cached_property
+    def SENTINEL_SERVICE(self) -> str:
+        value = self._optional_str("SENTINEL_SERVICE")
+        if not value:
+            raise ImproperlyConfigured(
+                "ELASTIC_SESSIONS['SENTINEL_SERVICE'] must name the service the sentinels monitor."
+            )
+        return value
+
+    @cached_property
+    def SENTINEL_USERNAME(self) -> str | None:
+        return self._optional_str("SENTINEL_USERNAME")
+
+    @cached_property
+    def SENTINEL_PASSWORD(self) -> str | None:
+        return self._optional_str("SENTINEL_PASSWORD")
+
+    @cached_property
+    def CLUSTER(self) -> bool:
+        return self._bool("CLUSTER")
+
+    @cached_property
+    def CLUSTER_NODES(self) -> tuple[tuple[str, int], ...]:
+        return self._host_ports("CLUSTER_NODES")
 
     def clear_cache(self) -> None:
         """Forget every parsed setting (the next read parses again)."""

@@ -16,6 +16,8 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from redis.backoff import NoBackoff
@@ -196,6 +198,21 @@ def get_client() -> redis.Redis:
             )
             _sync_client_owned = True
     return _sync_client
+
+
+def is_cluster(client: object) -> bool:
+    """True for a Redis Cluster client (sync or async)."""
+    return isinstance(client, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster))
+
+
+def primaries(client: redis.Redis) -> list[redis.Redis]:
+    """One client per primary that holds keys: the client itself, or, on Redis
+    Cluster, a client of each primary node (for SCAN and other per-node work:
+    a cluster's keyspace is the union of its primaries')."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        cluster: Any = client
+        return [cluster.get_redis_connection(node) for node in cluster.get_primaries()]
+    return [client]
 
 
 # What an asyncio connection accepts of a sync pool's options (sync pools carry
