@@ -205,13 +205,14 @@ def is_cluster(client: object) -> bool:
     return isinstance(client, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster))
 
 
-def primaries(client: redis.Redis) -> list[redis.Redis]:
+def primaries(client: object) -> list[redis.Redis]:
     """One client per primary that holds keys: the client itself, or, on Redis
     Cluster, a client of each primary node (for SCAN and other per-node work:
     a cluster's keyspace is the union of its primaries')."""
     if isinstance(client, redis.cluster.RedisCluster):
         cluster: Any = client
         return [cluster.get_redis_connection(node) for node in cluster.get_primaries()]
+    assert isinstance(client, redis.Redis)
     return [client]
 
 
