@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _versions(server_info: dict[str, Any]) -> dict[str, str]:
+def versions(server_info: dict[str, Any]) -> dict[str, str]:
     found = {
         "python": platform.python_version(),
         "redis-server": server_info["redis_version"],
@@ -96,7 +96,7 @@ def _versions(server_info: dict[str, Any]) -> dict[str, str]:
     return found
 
 
-def _code_version() -> str:
+def code_version() -> str:
     """The commit measured, and whether the package had uncommitted changes."""
     root = Path(__file__).resolve().parent.parent
 
@@ -131,8 +131,8 @@ def _run(args: argparse.Namespace) -> int:
         engines = load_engines(args.engines)
         admin = server.client()
         meta: dict[str, Any] = {
-            "versions": _versions(admin.info("server")),
-            "code": _code_version(),
+            "versions": versions(admin.info("server")),
+            "code": code_version(),
             "hiredis_parser": HIREDIS_AVAILABLE,
             "cpus": os.cpu_count(),
             "seconds_per_combination": args.seconds,
@@ -154,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
                 memory += _footprints(engines, data, size, admin)
                 for cycle_name in args.cycles:
                     workloads = [Workload(e, CYCLES[cycle_name], data, admin) for e in engines]
-                    results += _measure(workloads, size, args)
+                    results += measure_interleaved(workloads, size, args)
             if HYBRID in args.engines and outage_cycles:
                 # Last, and on a server of its own: the one it kills.
                 pair = {e.name: e for e in load_engines((HYBRID, DJANGO_DB))}
@@ -213,7 +213,11 @@ def _footprints(
     return found
 
 
-def _measure(workloads: list[Workload], size: str, args: argparse.Namespace) -> list[Result]:
+def measure_interleaved(
+    workloads: list[Workload], size: str, args: argparse.Namespace
+) -> list[Result]:
+    """One ``Result`` per workload (keyed by engine name): warm-up, round trips and CPU
+    per cycle, then ``args.repeats`` timed runs interleaved across the workloads."""
     cycle = workloads[0].cycle
     try:
         for workload in workloads:

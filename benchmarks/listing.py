@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from .cli import _code_version
+from .cli import code_version
 from .environment import configure_django, redis_server, scratch_database
 from .fill import SESSIONS_PER_USER, fill, storage_id
 from .measure import RunSamples
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"Admin session list, Redis engine: redis-server "
                 f"{admin.info('server')['redis_version']} on loopback, "
-                f"commit {_code_version()}, {PER_PAGE} rows a page",
+                f"commit {code_version()}, {PER_PAGE} rows a page",
                 flush=True,
             )
             found = {size: _measure(size, admin, staff, args.repeats) for size in args.sizes}

@@ -156,3 +156,31 @@ def test_listing_benchmark_prints_each_read_and_memory_at_each_size():
         assert len(figures) == 5, line
     assert "median 200/60" in proc.stdout
     assert proc.stdout.count("B with the listing sets") == 2
+
+
+def test_encryption_benchmark_prints_off_and_on_with_positive_ratios():
+    """``python -m benchmarks.encryption`` runs end to end at one size: each cycle, and a
+    load under an old key, has off and on figures and a positive on/off ratio, and
+    Redis bytes per session are printed off and on."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.encryption", "--quick", "--sizes", "200B"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Code: " in proc.stdout and "cryptography" in proc.stdout
+    assert "ops/s off" in proc.stdout and "on/off" in proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("200B ")]
+    timed, memory = rows[:-1], rows[-1]
+    assert len(timed) == len(CYCLES) + 1
+    assert any("values under an old key" in line for line in timed)
+    for line in timed:
+        # ops/s off, ±%, ops/s on, ±%, on/off, p50 off/on, p99 off/on, CPU off/on.
+        figures = [float(word.replace(",", "")) for word in line.split()[-11:]]
+        assert figures[4] > 0 and math.isfinite(figures[4]), line
+        assert all(figure > 0 for i, figure in enumerate(figures) if i not in (1, 3)), line
+    redis_off, redis_on = (int(word.replace(",", "")) for word in memory.split()[2:4])
+    assert redis_on > redis_off > 0
