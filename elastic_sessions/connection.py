@@ -11,13 +11,15 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import suppress
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.sentinel
 import redis.cluster
+import redis.sentinel
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from redis.backoff import NoBackoff
@@ -187,17 +189,103 @@ def _cache_alias_client(alias: str) -> redis.Redis:
 
 def get_client() -> redis.Redis:
     """The process-wide sync client."""
-    global _sync_client, _sync_client_owned  # noqa: PLW0603 - one pool per process
+    global _sync_client, _sync_client_owned
     if _sync_client is None:
         alias = elastic_settings.CACHE_ALIAS
         if alias is not None:
             _sync_client, _sync_client_owned = _cache_alias_client(alias), False
         else:
-            _sync_client = redis.Redis.from_url(
-                connection_url(), retry=_sync_retry(), **connection_kwargs()
-            )
-            _sync_client_owned = True
+            _sync_client, _sync_client_owned = _new_sync_client(), True
     return _sync_client
+
+
+def _new_sync_client() -> redis.Redis:
+    kwargs = connection_kwargs()
+    # redis-py's Cluster and Sentinel classes are untyped: built as Any, handed
+    # out as Redis (the storage calls only what both share; storage.wire routes
+    # raw commands per node itself).
+    factory: Any
+    if elastic_settings.CLUSTER:
+        factory = redis.cluster
+        seeds = [factory.ClusterNode(host, port) for host, port in _cluster_seeds()]
+        client = factory.RedisCluster(
+            url=connection_url(), startup_nodes=seeds, retry=_sync_retry(), **_without_db(kwargs)
+        )
+    elif elastic_settings.SENTINELS:
+        factory = redis.sentinel
+        sentinel = factory.Sentinel(
+            list(elastic_settings.SENTINELS), sentinel_kwargs=_sentinel_kwargs(kwargs)
+        )
+        client = sentinel.master_for(
+            elastic_settings.SENTINEL_SERVICE,
+            redis_class=redis.Redis,
+            retry=_sync_retry(),
+            **_url_options() | kwargs,
+        )
+    else:
+        client = redis.Redis.from_url(connection_url(), retry=_sync_retry(), **kwargs)
+    return cast(redis.Redis, client)
+
+
+def _new_async_client() -> redis.asyncio.Redis:
+    kwargs = connection_kwargs()
+    factory: Any
+    if elastic_settings.CLUSTER:
+        factory = redis.asyncio.cluster
+        seeds = [factory.ClusterNode(host, port) for host, port in _cluster_seeds()]
+        client = factory.RedisCluster.from_url(
+            connection_url(), startup_nodes=seeds, retry=_async_retry(), **_without_db(kwargs)
+        )
+    elif elastic_settings.SENTINELS:
+        factory = redis.asyncio.sentinel
+        sentinel = factory.Sentinel(
+            list(elastic_settings.SENTINELS), sentinel_kwargs=_sentinel_kwargs(kwargs)
+        )
+        client = sentinel.master_for(
+            elastic_settings.SENTINEL_SERVICE,
+            redis_class=redis.asyncio.Redis,
+            retry=_async_retry(),
+            **_url_options() | kwargs,
+        )
+    else:
+        client = redis.asyncio.Redis.from_url(connection_url(), retry=_async_retry(), **kwargs)
+    return cast(redis.asyncio.Redis, client)
+
+
+def _cluster_seeds() -> list[tuple[str, int]]:
+    return list(elastic_settings.CLUSTER_NODES)
+
+
+def _without_db(kwargs: dict[str, Any]) -> dict[str, Any]:
+    # A cluster has one database; max_connections is per node there.
+    return {name: value for name, value in kwargs.items() if name != "db"}
+
+
+def _url_options() -> dict[str, Any]:
+    """What REDIS_URL says beyond host and port (db, TLS), for Sentinel clients:
+    the sentinels name the host and port."""
+    parts = urlsplit(connection_url())
+    options: dict[str, Any] = {}
+    if parts.path.strip("/").isdigit():
+        options["db"] = int(parts.path.strip("/"))
+    if parts.scheme == "rediss":
+        options["ssl"] = True
+    return options
+
+
+def _sentinel_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    # The sentinels are asked with the same timeouts and TLS, and their own
+    # credentials (a sentinel's ACL user is rarely the data nodes').
+    options = {
+        name: value for name, value in kwargs.items() if name.startswith(("socket_", "ssl_"))
+    }
+    if urlsplit(connection_url()).scheme == "rediss":
+        options["ssl"] = True
+    if elastic_settings.SENTINEL_USERNAME is not None:
+        options["username"] = elastic_settings.SENTINEL_USERNAME
+    if elastic_settings.SENTINEL_PASSWORD is not None:
+        options["password"] = elastic_settings.SENTINEL_PASSWORD
+    return options
 
 
 def is_cluster(client: object) -> bool:
@@ -333,9 +421,7 @@ def get_async_client() -> redis.asyncio.Redis:
         if alias is not None:
             client = _async_from_sync_pool(_cache_alias_client(alias))
         else:
-            client = redis.asyncio.Redis.from_url(
-                connection_url(), retry=_async_retry(), **connection_kwargs()
-            )
+            client = _new_async_client()
         entry = _async_clients[loop] = _LoopClient(loop, client)
     return entry.client
 

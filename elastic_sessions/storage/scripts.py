@@ -13,6 +13,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
+from ..connection import is_cluster
 from .wire import Command, aexecute, execute, first_error
 
 # Redis' Lua caps unpack() near 8000 values; write in slices well below it.
@@ -340,9 +341,13 @@ ScriptCall = tuple[LuaScript, Sequence[str], Sequence[Any]]
 Call = ScriptCall | tuple[Any, ...]
 
 
-def _command(call: Call) -> Command:
+def _command(call: Call, cluster: bool = False) -> Command:
     if isinstance(call[0], LuaScript):
         script, keys, args = call
+        if cluster:
+            # EVAL with the source: each node caches it by SHA, and no NOSCRIPT
+            # reload has to find the node a pipelined call went to.
+            return ("EVAL", script.source, len(keys), *keys, *args)
         return ("EVALSHA", script.sha, len(keys), *keys, *args)
     return call
 
@@ -368,7 +373,8 @@ def _merge_retry(replies: list[Any], missing: list[int], retried: list[Any]) -> 
 
 def run_calls(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
     """The replies of ``calls``, sent in one round trip; errors left in their slots."""
-    replies = execute(client, [_command(call) for call in calls])
+    cluster = is_cluster(client)
+    replies = execute(client, [_command(call, cluster) for call in calls])
     missing = _scripts_to_reload(replies)
     if missing:
         retried = execute(client, _reload_commands(calls, missing))
@@ -377,7 +383,8 @@ def run_calls(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
 
 
 async def arun_calls(client: redis.asyncio.Redis, calls: Sequence[Call]) -> list[Any]:
-    replies = await aexecute(client, [_command(call) for call in calls])
+    cluster = is_cluster(client)
+    replies = await aexecute(client, [_command(call, cluster) for call in calls])
     missing = _scripts_to_reload(replies)
     if missing:
         retried = await aexecute(client, _reload_commands(calls, missing))

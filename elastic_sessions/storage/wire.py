@@ -9,8 +9,10 @@ connection stays in step); a broken connection is retried the way the client's
 own ``Retry`` policy retries a single command.  Sync connections come from a
 per-pool lane (below) that skips the pool's per-call bookkeeping.
 
-Only standalone clients have one ``connection_pool``; Redis Cluster will route
-per node and is handled where it is added.
+Only standalone (and Sentinel) clients have one ``connection_pool``.  On Redis
+Cluster the commands go through redis-py's cluster pipeline, which groups them
+per node and follows MOVED and ASK redirections; a "later" send is then sent
+and read at once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 import redis
 import redis.asyncio
 from redis.exceptions import ResponseError
+
+from ..connection import is_cluster
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -117,6 +121,9 @@ def send_later(client: redis.Redis, commands: Sequence[Command]) -> None:
     For writes whose outcome the request does not wait for (a throttled touch):
     they cost a send, not a round trip.  A connection error drops them.
     """
+    if is_cluster(client):
+        _cluster_execute(client, commands)  # errors stay in the replies, as _drain drops them
+        return
     lane = _lane(client.connection_pool)
     conn: Any = lane.take()
     try:
@@ -132,8 +139,26 @@ def send_later(client: redis.Redis, commands: Sequence[Command]) -> None:
     lane.give_back(conn)
 
 
+def _cluster_execute(client: Any, commands: Sequence[Command]) -> list[Any]:
+    pipe = client.pipeline()
+    for command in commands:
+        pipe.execute_command(*command)
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    return replies
+
+
+async def _acluster_execute(client: Any, commands: Sequence[Command]) -> list[Any]:
+    pipe = client.pipeline()
+    for command in commands:
+        pipe.execute_command(*command)
+    replies: list[Any] = await pipe.execute(raise_on_error=False)
+    return replies
+
+
 def execute(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
-    """The raw replies of ``commands``, sent in one round trip."""
+    """The raw replies of ``commands``, sent in one round trip (one per node on a Cluster)."""
+    if is_cluster(client):
+        return _cluster_execute(client, commands)
     lane = _lane(client.connection_pool)
     conn: Any = lane.take()
     packed = _pack(conn, commands)
@@ -178,6 +203,9 @@ async def _adrain(conn: Any) -> None:
 
 async def asend_later(client: redis.asyncio.Redis, commands: Sequence[Command]) -> None:
     """The async twin of :func:`send_later`."""
+    if is_cluster(client):
+        await _acluster_execute(client, commands)
+        return
     lane = _lane(client.connection_pool)
     conn = await lane.atake()
     try:
@@ -195,6 +223,8 @@ async def asend_later(client: redis.asyncio.Redis, commands: Sequence[Command]) 
 
 async def aexecute(client: redis.asyncio.Redis, commands: Sequence[Command]) -> list[Any]:
     """The async twin of :func:`execute`."""
+    if is_cluster(client):
+        return await _acluster_execute(client, commands)
     lane = _lane(client.connection_pool)
     conn = await lane.atake()
     packed = _pack(conn, commands)
