@@ -4,15 +4,15 @@
   in batches of ``batch_size`` sessions, one short transaction each: memory and
   lock time stay bounded however many rows have piled up (Django's
   ``clearsessions`` deletes them all in one statement).
-* Under the key prefix, in one resumable ``SCAN`` pass: user-index entries of
-  sessions that ended, and keys that are not ours or not of the right type
-  (orphaned or malformed).  Redis expires sessions itself.
+* Under the key prefix, in one resumable ``SCAN`` pass over every primary:
+  user-index entries of sessions that ended, and keys that are not ours or not
+  of the right type (orphaned or malformed).  Redis expires sessions itself.
 
 Every step is idempotent, so several hosts may run it at once: they at worst
 repeat each other's work.  ``deadline`` (a ``time.monotonic()`` value) stops the
 work between batches (after at least one, so every run makes progress); the
 next run resumes where this one stopped (database rows are still there to be
-found; the SCAN cursor is kept in Redis).
+found; the SCAN cursors are kept in Redis).
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from dataclasses import dataclass
 
 import redis
 from django.db import connection
+from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
 from .conf import elastic_settings
-from .connection import get_client, translate_outages
+from .connection import get_client, is_cluster, primaries, translate_outages
 from .keys import is_valid_storage_id, listing_redis_keys
 from .models import DurableSession
 from .storage.database import delete_ended
@@ -34,6 +36,8 @@ from .storage.redis import prune_index
 
 # How long a stopped SCAN pass may be resumed; after that a run starts over.
 _CURSOR_TTL = 24 * 3600
+# The cursor field of a primary this pass has finished.
+_DONE = "done"
 
 Progress = Callable[[str], None]
 
@@ -84,30 +88,84 @@ def purge_database(
 def scan_keys(
     report: GcReport, *, batch_size: int, dry_run: bool, deadline: float, progress: Progress
 ) -> None:
-    """One SCAN pass under the prefix, resumed from the cursor a stopped run kept."""
+    """One SCAN pass under the prefix on every primary, resumed where a stopped run left it.
+
+    Each primary has its own cursor (a cluster's keyspace is the union of its
+    primaries'); they are kept together in the hash ``<prefix>:gc:cursor``, one
+    field per primary, where ``done`` marks a primary this pass has finished.
+    """
     client = get_client()
     prefix = elastic_settings.KEY_PREFIX
     cursor_key = f"{prefix}:gc:cursor"
     with translate_outages("scan the session keys"):
-        cursor = int(client.get(cursor_key) or 0)
-        while True:
-            cursor, raw_keys = client.scan(cursor, match=f"{prefix}:*", count=batch_size)
-            keys = [_text(raw) for raw in raw_keys if _text(raw) != cursor_key]
-            # The types of a whole page in one round trip, not one per key.
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.type(key)
-            for key, kind in zip(keys, pipe.execute(), strict=True):
-                _check_key(client, key, _text(kind), prefix=prefix, report=report, dry_run=dry_run)
-            report.keys_scanned += len(keys)
-            progress(f"redis: {report.keys_scanned} keys scanned")
-            if cursor == 0:
-                client.delete(cursor_key)
-                return
-            if time.monotonic() >= deadline:
-                client.set(cursor_key, cursor, ex=_CURSOR_TTL)
-                report.finished = False
-                return
+        nodes = {_node_name(client, node): node for node in primaries(client)}
+        kept = _kept_cursors(client, cursor_key)
+        cursors: dict[str, int | None] = {name: kept.get(name, 0) for name in nodes}
+        pages = 0
+        for name, node in nodes.items():
+            while (cursor := cursors[name]) is not None:
+                if pages and time.monotonic() >= deadline:
+                    _keep_cursors(client, cursor_key, cursors)
+                    report.finished = False
+                    return
+                cursor, raw_keys = node.scan(cursor, match=f"{prefix}:*", count=batch_size)
+                pages += 1
+                keys = [_text(raw) for raw in raw_keys if _text(raw) != cursor_key]
+                # SCAN and TYPE go to the primary that holds the keys; the rest goes
+                # through the cluster-aware client (an index names sessions on
+                # other primaries).  The types of a page in one round trip.
+                pipe = node.pipeline(transaction=False)
+                for key in keys:
+                    pipe.type(key)
+                for key, kind in zip(keys, pipe.execute(), strict=True):
+                    _check_key(
+                        client, key, _text(kind), prefix=prefix, report=report, dry_run=dry_run
+                    )
+                report.keys_scanned += len(keys)
+                progress(f"redis: {report.keys_scanned} keys scanned")
+                cursors[name] = cursor or None
+        client.delete(cursor_key)
+
+
+def _node_name(client: redis.Redis, node: redis.Redis) -> str:
+    """The cursor field of a primary: its address on a cluster, else one fixed name
+    (a standalone or Sentinel-managed server has one keyspace, whatever its address)."""
+    if not is_cluster(client):
+        return "primary"
+    options = node.connection_pool.connection_kwargs
+    return f"{options['host']}:{options['port']}"
+
+
+def _kept_cursors(client: redis.Redis, cursor_key: str) -> dict[str, int | None]:
+    """The cursors a stopped run kept: a primary's cursor, or None once it is done."""
+    try:
+        raw = client.hgetall(cursor_key)
+    except ResponseError as err:
+        if not str(err).startswith("WRONGTYPE"):
+            raise
+        # Not a hash (a single cursor of an earlier development version, or
+        # garbage): it would fail every run until it expired, so start over.
+        client.delete(cursor_key)
+        return {}
+    cursors: dict[str, int | None] = {}
+    for field, value in raw.items():
+        text = _text(value)
+        if text == _DONE:
+            cursors[_text(field)] = None
+        elif text.isdigit():
+            cursors[_text(field)] = int(text)
+    return cursors
+
+
+def _keep_cursors(client: redis.Redis, cursor_key: str, cursors: dict[str, int | None]) -> None:
+    # Primaries not started yet stay out: an absent field starts from 0.
+    fields: dict[FieldT, EncodableT] = {
+        name: _DONE if cursor is None else cursor for name, cursor in cursors.items() if cursor != 0
+    }
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(cursor_key, mapping=fields)
+    pipe.expire(cursor_key, _CURSOR_TTL)
+    pipe.execute()
 
 
 def _text(raw: object) -> str:

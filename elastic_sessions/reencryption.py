@@ -5,8 +5,8 @@ rest, so an old key can be removed (or, with ``None`` first, encryption turned
 off) without signing anyone out.  Each rewrite is a compare-and-set: a value
 that changed since it was read (a request wrote it meanwhile, sealed with the
 first key already) is left alone, so the pass never loses a write.  Redis
-hashes (both engines' sessions and the hybrid's copies) go in one ``SCAN`` pass;
-the hybrid's database rows in batches by primary key.
+hashes (both engines' sessions and the hybrid's copies) go in one ``SCAN`` pass
+on each primary; the hybrid's database rows in batches by primary key.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from .codec import ENCRYPTED_MARK
 from .conf import elastic_settings
-from .connection import get_client, translate_outages
+from .connection import get_client, primaries, translate_outages
 from .encryption import CLEAR_FIELDS, Keyring, UnreadableValue, keyring
 from .keys import storage_id_from_redis_key
 from .models import DurableSessionField
@@ -98,27 +100,40 @@ def reencrypt_redis(
     client = get_client()
     pattern = f"{elastic_settings.KEY_PREFIX}:{{*}}"
     with translate_outages("re-encrypt sessions"):
-        for key in client.scan_iter(match=pattern, count=batch_size, _type="hash"):
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            sid = storage_id_from_redis_key(name)
-            report.keys_scanned += 1
-            if sid is None:
-                continue
-            changes = _plan(ring, sid, hash_fields(client.hgetall(name)), report)
-            if not changes:
-                continue
-            if dry_run:
-                report.redis_values += len(changes)
-                continue
-            args: list[Any] = [item for change in changes for item in change[:3]]
-            args += [change[3] for change in changes]
-            (done,) = run_calls(client, [(rewrite_script, [name], args)])
-            if isinstance(done, Exception):
-                raise done
-            report.redis_values += int(done)
-            report.skipped_changed += len(changes) - int(done)
-            if report.keys_scanned % 1000 == 0:
-                progress(f"redis: {report.keys_scanned} keys scanned")
+        # SCAN each primary (a cluster's keyspace is the union of theirs); reads
+        # and rewrites go through the cluster-aware client, which follows a key
+        # whose slot moved since SCAN found it.
+        for node in primaries(client):
+            for key in node.scan_iter(match=pattern, count=batch_size, _type="hash"):
+                _reencrypt_key(client, ring, _text(key), report, dry_run=dry_run)
+                if report.keys_scanned % 1000 == 0:
+                    progress(f"redis: {report.keys_scanned} keys scanned")
+
+
+def _reencrypt_key(
+    client: redis.Redis, ring: Keyring, name: str, report: ReencryptionReport, *, dry_run: bool
+) -> None:
+    sid = storage_id_from_redis_key(name)
+    report.keys_scanned += 1
+    if sid is None:
+        return
+    changes = _plan(ring, sid, hash_fields(client.hgetall(name)), report)
+    if not changes:
+        return
+    if dry_run:
+        report.redis_values += len(changes)
+        return
+    args: list[Any] = [item for change in changes for item in change[:3]]
+    args += [change[3] for change in changes]
+    (done,) = run_calls(client, [(rewrite_script, [name], args)])
+    if isinstance(done, Exception):
+        raise done
+    report.redis_values += int(done)
+    report.skipped_changed += len(changes) - int(done)
+
+
+def _text(raw: object) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def reencrypt_database(

@@ -2,9 +2,10 @@
 
 The figures are meant for operators and monitoring, so they must be safe to
 collect on a large production Redis: keys are found with one ``SCAN ... COUNT``
-pass over the prefix (never ``KEYS``), and each page of keys is examined with
-one pipelined round trip, so Redis serves other clients between pages.  The
-whole pass still costs work in proportion to the keys in the Redis database.
+pass over the prefix on each primary (never ``KEYS``), and each page of keys is
+examined with one pipelined round trip, so Redis serves other clients between
+pages.  The whole pass still costs work in proportion to the keys in the Redis
+database (on a cluster, in all of its primaries').
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from redis.exceptions import ResponseError
 from .breaker import breaker_for
 from .codec import META_FIELD
 from .conf import elastic_settings
-from .connection import get_client, translate_outages
+from .connection import get_client, primaries, translate_outages
 from .engine import configured_storage
 from .exceptions import SessionStoreUnavailable
 from .keys import is_valid_storage_id, listing_redis_keys, storage_id_from_redis_key
@@ -64,7 +65,7 @@ class MemoryEstimate:
 
 @dataclass(slots=True)
 class RedisFigures:
-    """What one SCAN pass over the key prefix found."""
+    """What one SCAN pass over the key prefix (on every primary) found."""
 
     sessions: int = 0
     expiring_soon: int = 0
@@ -204,52 +205,58 @@ def _scan_redis(
     heaviest: list[tuple[int, str]] = []
     sizes: list[int] = []
     samples_queued = 0
+    evicted: list[int] = []
     client = get_client()
     with translate_outages("collect session stats"):
         # One pass for sessions and indexes alike: a MATCH does not spare Redis
         # the walk over the whole keyspace, so a second pattern would double it.
         pattern = f"{elastic_settings.KEY_PREFIX}:*"
         listing = listing_redis_keys()
-        for keys in _chunks(client.scan_iter(match=pattern, count=batch_size), batch_size):
-            pipe = client.pipeline(transaction=False)
-            kinds: list[tuple[str, str]] = []
-            for key in keys:
-                if storage_id_from_redis_key(key) is not None:
-                    # The first keys SCAN returns are as good a sample as any:
-                    # SCAN walks hash buckets, in no order of age or size.
-                    measure = samples_queued < sample
-                    samples_queued += measure
-                    kinds.append(("measured" if measure else "session", key))
-                    pipe.pttl(key)
-                    pipe.hexists(key, META_FIELD)
-                    if measure:
-                        pipe.memory_usage(key)
-                elif key in listing:
-                    continue  # the admin listing's sets (storage/listing_index.py)
-                elif (user := _user_hash_of(key)) is not None:
-                    kinds.append(("index", user))
-                    pipe.zcount(key, now, "+inf")
-                else:
-                    figures.other_keys += 1
-            replies = iter(pipe.execute(raise_on_error=False))
-            for kind, name in kinds:
-                if kind == "index":
-                    count = next(replies)
-                    if isinstance(count, ResponseError):
-                        _raise_unless_wrong_type(count)
+        # A cluster's keyspace is the union of its primaries'; every command
+        # below names only the key its primary returned, so it goes there too.
+        for node in primaries(client):
+            for keys in _chunks(node.scan_iter(match=pattern, count=batch_size), batch_size):
+                pipe = node.pipeline(transaction=False)
+                kinds: list[tuple[str, str]] = []
+                for key in keys:
+                    if storage_id_from_redis_key(key) is not None:
+                        # The first keys SCAN returns are as good a sample as any:
+                        # SCAN walks hash buckets, in no order of age or size.
+                        measure = samples_queued < sample
+                        samples_queued += measure
+                        kinds.append(("measured" if measure else "session", key))
+                        pipe.pttl(key)
+                        pipe.hexists(key, META_FIELD)
+                        if measure:
+                            pipe.memory_usage(key)
+                    elif key in listing:
+                        continue  # the admin listing's sets (storage/listing_index.py)
+                    elif (user := _user_hash_of(key)) is not None:
+                        kinds.append(("index", user))
+                        pipe.zcount(key, now, "+inf")
+                    else:
                         figures.other_keys += 1
-                    elif count:
-                        figures.user_indexes += 1
-                        figures.indexed_sessions += count
-                        if top:
-                            _keep_top(heaviest, top, (int(count), name))
-                    continue
-                ttl_ms, has_meta = next(replies), next(replies)
-                size = next(replies) if kind == "measured" else None
-                if _count_session(figures, ttl_ms, has_meta, soon) and isinstance(size, int):
-                    sizes.append(size)
-        evicted = client.info("stats").get("evicted_keys")
-    figures.evicted_keys = int(evicted) if evicted is not None else None
+                replies = iter(pipe.execute(raise_on_error=False))
+                for kind, name in kinds:
+                    if kind == "index":
+                        count = next(replies)
+                        if isinstance(count, ResponseError):
+                            _raise_unless_wrong_type(count)
+                            figures.other_keys += 1
+                        elif count:
+                            figures.user_indexes += 1
+                            figures.indexed_sessions += count
+                            if top:
+                                _keep_top(heaviest, top, (int(count), name))
+                        continue
+                    ttl_ms, has_meta = next(replies), next(replies)
+                    size = next(replies) if kind == "measured" else None
+                    if _count_session(figures, ttl_ms, has_meta, soon) and isinstance(size, int):
+                        sizes.append(size)
+            node_evicted = node.info("stats").get("evicted_keys")
+            if node_evicted is not None:
+                evicted.append(int(node_evicted))
+    figures.evicted_keys = sum(evicted) if evicted else None
     if sizes:
         per_session = round(sum(sizes) / len(sizes))
         figures.memory = MemoryEstimate(len(sizes), per_session, per_session * figures.sessions)
