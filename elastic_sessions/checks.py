@@ -31,6 +31,7 @@ E005 = "elastic_sessions.E005"  # a value of the wrong type or range
 E006 = "elastic_sessions.E006"  # KEY_PREFIX unsafe for key names / hash tags
 E007 = "elastic_sessions.E007"  # CACHE_ALIAS not a django-redis cache
 E008 = "elastic_sessions.E008"  # IP_LOCATOR not importable or not callable
+E009 = "elastic_sessions.E009"  # a topology that cannot work (Sentinel + Cluster, db on Cluster)
 W001 = "elastic_sessions.W001"  # engine set, Django's session middleware in use
 W002 = "elastic_sessions.W002"  # ABSOLUTE_TIMEOUT shorter than SESSION_COOKIE_AGE
 W003 = "elastic_sessions.W003"  # TLS options given for a non-TLS URL
@@ -74,7 +75,31 @@ def check_settings(
     errors += _check_cache_alias()
     errors += _check_timeouts()
     errors += _check_locator()
+    errors += _check_topology()
     return errors
+
+
+def _check_topology() -> list[checks.CheckMessage]:
+    try:
+        cluster, sentinels = elastic_settings.CLUSTER, elastic_settings.SENTINELS
+        url = elastic_settings.REDIS_URL
+    except ImproperlyConfigured:
+        return []  # reported as E005
+    problem = None
+    if cluster and sentinels:
+        problem = "CLUSTER and SENTINELS are both set; a Redis Cluster fails over by itself."
+    elif cluster and urlsplit(url).path.strip("/") not in {"", "0"}:
+        problem = "CLUSTER is set but REDIS_URL selects a database other than 0."
+    if problem is None:
+        return []
+    return [
+        checks.Error(
+            f"ELASTIC_SESSIONS: {problem}",
+            hint="Use Sentinel (SENTINELS) or Cluster (CLUSTER), not both; a cluster has "
+            "database 0 only (redis://host:port/0).",
+            id=E009,
+        )
+    ]
 
 
 def _check_locator() -> list[checks.CheckMessage]:
