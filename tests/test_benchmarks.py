@@ -184,3 +184,42 @@ def test_encryption_benchmark_prints_off_and_on_with_positive_ratios():
         assert all(figure > 0 for i, figure in enumerate(figures) if i not in (1, 3)), line
     redis_off, redis_on = (int(word.replace(",", "")) for word in memory.split()[2:4])
     assert redis_on > redis_off > 0
+
+
+def test_cluster_benchmark_prints_both_topologies_shards_and_sizing():
+    """``python -m benchmarks.cluster`` runs end to end at one size: each engine and cycle has
+    figures on one server and on the cluster, with the requests a load writes; the workers'
+    run has a row per topology and a line per primary; bytes per session are printed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cluster", "--quick", "--sizes", "200B"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Code: " in proc.stdout and "CPUs: " in proc.stdout
+    lines = proc.stdout.splitlines()
+    timed = [line for line in lines if line.startswith(("200B  elastic", "200B  hybrid"))]
+    assert len(timed) == 2 * len(CYCLES)
+    trips = {}
+    for line in timed:
+        # Fixed columns up to the cycle's label, then ops/s and ±% per topology, cl/1,
+        # p50 and p99 per topology, RT on one server, RT on the cluster.
+        words = line[59:].split()
+        figures = [float(word.replace(",", "")) for word in words[:9]]
+        assert all(figure > 0 for i, figure in enumerate(figures) if i not in (1, 3)), line
+        assert math.isfinite(figures[4]), line
+        trips[line[6:14].strip(), line[15:59].strip()] = words[9], words[10]
+    assert trips["elastic", "load only (read a key, no save)"] == ("1", "1")
+    assert trips["elastic", "load + change 1 key + save"][0] == "2"
+    rows = [line.split() for line in lines if line.strip().startswith("2 ")]
+    assert [row[1] for row in rows] == ["1", "cluster"]  # "1 server" is two words
+    assert all(float(row[-3].replace(",", "")) > 0 for row in rows)
+    shards = [line for line in lines if line.startswith(" " * 19 + ":")]
+    assert len(shards) == 1 + 3
+    assert sum("es:ix:" in line for line in shards) >= 1
+    (memory,) = [line.split() for line in lines if line.startswith("200B ") and line not in timed]
+    session, index, seen, used = (float(memory[i].replace(",", "")) for i in (2, 4, 5, 7))
+    assert used > session > 0 and index > 0 and seen > 0
