@@ -366,8 +366,11 @@ class _LoopClient:
 
     async def _disconnect(self) -> None:
         try:
-            # Always the pool too: a pool mirrored from django-redis is ours as well.
-            await self.client.aclose(close_connection_pool=True)
+            if is_cluster(self.client):
+                await self.client.aclose()  # a cluster client closes its nodes' pools
+            else:
+                # Always the pool too: a pool mirrored from django-redis is ours as well.
+                await self.client.aclose(close_connection_pool=True)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as err:
             logger.debug("Closing an async Redis client failed: %s", type(err).__name__)
 

@@ -139,18 +139,37 @@ def send_later(client: redis.Redis, commands: Sequence[Command]) -> None:
     lane.give_back(conn)
 
 
+def _script_key(command: Command) -> Any:
+    # EVAL/EVALSHA script numkeys key ...: every script of ours names one key.
+    name = command[0]
+    if isinstance(name, str) and name.upper() in {"EVAL", "EVALSHA"} and int(command[2]):
+        return command[3]
+    return None
+
+
 def _cluster_execute(client: Any, commands: Sequence[Command]) -> list[Any]:
     pipe = client.pipeline()
     for command in commands:
-        pipe.execute_command(*command)
+        key = _script_key(command)
+        if key is None:
+            pipe.execute_command(*command)
+        else:
+            # Named, or redis-py asks a node COMMAND GETKEYS (with the whole
+            # script) to find the key of each EVAL: one extra request per script.
+            pipe.execute_command(*command, target_nodes=client.get_node_from_key(key))
     replies: list[Any] = pipe.execute(raise_on_error=False)
     return replies
 
 
 async def _acluster_execute(client: Any, commands: Sequence[Command]) -> list[Any]:
+    await client.initialize()  # loads the slot map once; then returns at once
     pipe = client.pipeline()
     for command in commands:
-        pipe.execute_command(*command)
+        key = _script_key(command)
+        if key is None:
+            pipe.execute_command(*command)
+        else:
+            pipe.execute_command(*command, target_nodes=client.get_node_from_key(key))
     replies: list[Any] = await pipe.execute(raise_on_error=False)
     return replies
 
