@@ -56,12 +56,6 @@ FAILOVER_BOUND = 10.0
 RECOVERY_BOUND = 2.0
 # Hybrid engine: the breaker closes by then (failover, then BREAKER_PROBE_INTERVAL).
 TRUST_BOUND = FAILOVER_BOUND + 5
-# storage/wire.py reconnects a lane connection with send_packed_command(), which skips
-# SentinelManagedConnection.connect() and so never asks the sentinels again: after a
-# failover it dials the old primary forever (refused, or READONLY once it is back).
-STALE_SENTINEL_ADDRESS = pytest.mark.xfail(
-    strict=True, reason="wire lanes reconnect to the old Sentinel primary (issue 7)"
-)
 # How long the load runs cleanly after the last error before it is tallied.
 SETTLE = 1.0
 
@@ -251,9 +245,7 @@ def start_failover_load() -> Any:
 
 
 # -- a primary killed ---------------------------------------------------------------
-@pytest.mark.parametrize(
-    "engine", [pytest.param(engine, marks=STALE_SENTINEL_ADDRESS) for engine in ENGINES]
-)
+@pytest.mark.parametrize("engine", ENGINES)
 def test_sentinel_primary_killed_under_load(
     engine, make_sentinel, settings, start_failover_load, record_property
 ):
@@ -321,7 +313,6 @@ def errorstat(port: int, error: str) -> int:
     return int(stats.get(f"errorstat_{error}", {}).get("count", 0))
 
 
-@STALE_SENTINEL_ADDRESS
 def test_sentinel_demoted_primary_readonly_is_retried(
     make_sentinel, settings, start_failover_load, record_property
 ):

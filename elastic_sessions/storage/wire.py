@@ -90,6 +90,19 @@ def _pack(conn: Any, commands: Sequence[Command]) -> list[bytes]:
     return packed
 
 
+def _connect(conn: Any) -> None:
+    # redis-py's send path reconnects a closed connection itself, bypassing a
+    # subclass's connect(): a Sentinel-managed connection would dial the dead
+    # primary again instead of asking the sentinels where the primary is now.
+    if conn._sock is None:
+        conn.connect()
+
+
+async def _aconnect(conn: Any) -> None:
+    if not conn.is_connected:
+        await conn.connect()
+
+
 def _lane(pool: Any) -> _Lane:
     lane = _lanes.get(pool)
     if lane is None:
@@ -127,6 +140,7 @@ def send_later(client: redis.Redis, commands: Sequence[Command]) -> None:
     lane = _lane(client.connection_pool)
     conn: Any = lane.take()
     try:
+        _connect(conn)
         _drain(conn)
         conn.send_packed_command(_pack(conn, commands), check_health=False)
         setattr(conn, _UNREAD, (len(commands), conn._sock))
@@ -183,6 +197,7 @@ def execute(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
     packed = _pack(conn, commands)
 
     def send_and_read() -> list[Any]:
+        _connect(conn)
         _drain(conn)
         conn.send_packed_command(packed)
         replies: list[Any] = []
@@ -228,6 +243,7 @@ async def asend_later(client: redis.asyncio.Redis, commands: Sequence[Command]) 
     lane = _lane(client.connection_pool)
     conn = await lane.atake()
     try:
+        await _aconnect(conn)
         await _adrain(conn)
         await conn.send_packed_command(_pack(conn, commands), check_health=False)
         setattr(conn, _UNREAD, (len(commands), conn._reader))
@@ -249,6 +265,7 @@ async def aexecute(client: redis.asyncio.Redis, commands: Sequence[Command]) -> 
     packed = _pack(conn, commands)
 
     async def send_and_read() -> list[Any]:
+        await _aconnect(conn)
         await _adrain(conn)
         await conn.send_packed_command(packed)
         replies: list[Any] = []
