@@ -60,14 +60,8 @@ FAST_FALLBACK = {
 # (SOCKET_TIMEOUT 0.5 s, 1 + RETRIES 1 tries; on Cluster after the pipeline's own try:
 # 1.5 s), so the promise about its 503s is put to the test, not waited out.
 PAUSE = 2.0
-# A package bug these tests found; test_cluster_pause_ending_between_the_retries_...
-# pins it with one request.
-CLUSTER_TIMEOUT_IN_A_SLOT = (
-    "Bug: on Cluster, a command whose retries time out comes back from redis-py's "
-    "ClusterPipeline.execute(raise_on_error=False) as a TimeoutError in its reply slot; "
-    "storage.wire._cluster_execute passes it on and storage.redis._parse_load only "
-    "raises a ResponseError there, so hash_fields(TimeoutError) raises TypeError: a 500."
-)
+# test_cluster_pause_ending_between_the_retries_... pins, with one request, a bug
+# these tests found (a timeout left in the cluster pipeline's reply slot: a 500).
 # Longer than any fault here: detection (1 s in tests/redis_topologies.py) would turn
 # the fault into a failover, which is tests/test_failover.py's business.
 NO_FAILOVER_MS = 60_000
@@ -203,16 +197,10 @@ def failures_after(tally: Tally, moment: float) -> list[tuple[float, int]]:
 
 # -- CLIENT PAUSE ------------------------------------------------------------------------
 @pytest.mark.parametrize("engine", ENGINES)
-def test_primary_paused_longer_than_the_timeout_under_load(
-    engine, deploy, transitions, start_load, request
-):
+def test_primary_paused_longer_than_the_timeout_under_load(engine, deploy, transitions, start_load):
     """A primary that stops answering for 2 s costs the hybrid engine nothing, and the
     redis engine 503s only while it lasts."""
     on = deploy(engine)
-    if engine == "redis-engine" and isinstance(on, OnCluster):
-        # Not strict: under load, redis-py's slot-map refreshes shift the retries' timing
-        # and about one run in six misses the window; the test below pins it strictly.
-        request.applymarker(pytest.mark.xfail(strict=False, reason=CLUSTER_TIMEOUT_IN_A_SLOT))
     # A paused Sentinel primary answers no PING either (Cluster's bus is not paused).
     on.hold_off_failover()
     load = start_load()
@@ -250,7 +238,6 @@ def test_primary_paused_longer_than_the_timeout_under_load(
     load.check_served_state()
 
 
-@pytest.mark.xfail(strict=True, reason=CLUSTER_TIMEOUT_IN_A_SLOT)
 def test_cluster_pause_ending_between_the_retries_of_a_load_is_a_503(make_cluster, settings):
     """A load whose HGETALL times out on every try but whose PTTL, retried after it,
     is answered (the pause ended meanwhile) is an outage (503), not a crash (500)."""

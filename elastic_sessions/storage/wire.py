@@ -171,8 +171,7 @@ def _cluster_execute(client: Any, commands: Sequence[Command]) -> list[Any]:
             # Named, or redis-py asks a node COMMAND GETKEYS (with the whole
             # script) to find the key of each EVAL: one extra request per script.
             pipe.execute_command(*command, target_nodes=client.get_node_from_key(key))
-    replies: list[Any] = pipe.execute(raise_on_error=False)
-    return replies
+    return _raise_outages(pipe.execute(raise_on_error=False))
 
 
 async def _acluster_execute(client: Any, commands: Sequence[Command]) -> list[Any]:
@@ -184,7 +183,16 @@ async def _acluster_execute(client: Any, commands: Sequence[Command]) -> list[An
             pipe.execute_command(*command)
         else:
             pipe.execute_command(*command, target_nodes=client.get_node_from_key(key))
-    replies: list[Any] = await pipe.execute(raise_on_error=False)
+    return _raise_outages(await pipe.execute(raise_on_error=False))
+
+
+def _raise_outages(replies: list[Any]) -> list[Any]:
+    # The cluster pipeline leaves a command whose retries all failed (a timeout,
+    # a lost connection) in its slot; like the lane path, raise those and leave
+    # only error *replies* (ResponseError) to the caller.
+    for reply in replies:
+        if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+            raise reply
     return replies
 
 
