@@ -282,3 +282,30 @@ def assert_clean(tally: Tally) -> None:
         tally.lost[:5],
         tally.logouts[:5],
     )
+
+
+def fill_until_evicting(admin: Any, load: Any, policy: str, prefix: str) -> list[bytes]:
+    """Cap ``admin``'s server just above its memory under ``policy`` and write junk
+    under ``prefix`` for 1.5 s while ``load`` runs; returns the keys Redis evicted."""
+    events = admin.pubsub(ignore_subscribe_messages=True)
+    admin.config_set("notify-keyspace-events", "Ee")
+    events.subscribe("__keyevent@0__:evicted")
+    admin.config_set("maxmemory-policy", policy)
+    # Just above what the server uses now: the junk below is what pushes it over.
+    admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 256 * 1024)
+    load.phase = "evicting"
+    evicted: list[bytes] = []
+    junk = b"x" * 2048
+    deadline = time.monotonic() + 1.5
+    batch = 0
+    while time.monotonic() < deadline:
+        with admin.pipeline(transaction=False) as pipe:
+            for n in range(50):
+                pipe.set(f"{prefix}:{batch}:{n}", junk)
+            pipe.execute(raise_on_error=False)  # OOM refusals (volatile-lru) are expected
+        batch += 1
+        while (message := events.get_message(timeout=0)) is not None:
+            evicted.append(message["data"])
+    load.keep_going(0.3)
+    events.close()
+    return evicted

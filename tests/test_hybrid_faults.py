@@ -34,6 +34,7 @@ from .load import (
     Load,
     assert_clean,
     durable_values,
+    fill_until_evicting,
     signed_in,
     with_cookie,
 )
@@ -226,28 +227,8 @@ def test_tiny_maxmemory_with_eviction_under_load(faulty_redis, start_load, polic
     load = start_load()
     load.keep_going(0.5)
     sessions = {redis_key_of(key).encode() for key in [*load.own_keys, load.shared_key]}
-    events = admin.pubsub(ignore_subscribe_messages=True)
-    admin.config_set("notify-keyspace-events", "Ee")
-    events.subscribe("__keyevent@0__:evicted")
-    admin.config_set("maxmemory-policy", policy)
-    # Just above what the server uses now: the junk below is what pushes it over.
-    admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 256 * 1024)
-    load.phase = "evicting"
-    evicted: list[bytes] = []
-    junk = b"x" * 2048
-    deadline = time.monotonic() + 1.5
-    batch = 0
-    while time.monotonic() < deadline:
-        with admin.pipeline(transaction=False) as pipe:
-            for n in range(50):
-                pipe.set(f"junk:{batch}:{n}", junk)
-            pipe.execute(raise_on_error=False)  # OOM refusals (volatile-lru) are expected
-        batch += 1
-        while (message := events.get_message(timeout=0)) is not None:
-            evicted.append(message["data"])
-    load.keep_going(0.3)
+    evicted = fill_until_evicting(admin, load, policy, "junk")
     tally = load.finish()
-    events.close()
     admin.config_set("maxmemory", 0)
     # The copies of the very sessions under load went, not only junk.
     assert sessions & set(evicted)

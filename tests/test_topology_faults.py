@@ -26,7 +26,7 @@ from redis.crc import key_slot
 
 from . import test_hybrid_faults
 from .contract import redis_key_of
-from .load import COOKIE, Load, Tally, assert_clean, signed_in, with_cookie
+from .load import COOKIE, Load, Tally, assert_clean, fill_until_evicting, signed_in, with_cookie
 from .redis_server import RedisServer
 from .test_failover import (
     ENGINES,
@@ -269,28 +269,8 @@ def test_primary_evicting_sessions_under_load(deploy, start_load, policy):
     sessions = on.sessions_on(primary, load)
     prefix = on.key_prefix_on(primary)
     admin = admin_of(primary)
-    events = admin.pubsub(ignore_subscribe_messages=True)
-    admin.config_set("notify-keyspace-events", "Ee")
-    events.subscribe("__keyevent@0__:evicted")
-    admin.config_set("maxmemory-policy", policy)
-    # Just above what the primary uses now: the junk below is what pushes it over.
-    admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 256 * 1024)
-    load.phase = "evicting"
-    evicted: list[bytes] = []
-    junk = b"x" * 2048
-    deadline = time.monotonic() + 1.5
-    batch = 0
-    while time.monotonic() < deadline:
-        with admin.pipeline(transaction=False) as pipe:
-            for n in range(50):
-                pipe.set(f"{prefix}:{batch}:{n}", junk)
-            pipe.execute(raise_on_error=False)  # OOM refusals (volatile-lru) are expected
-        batch += 1
-        while (message := events.get_message(timeout=0)) is not None:
-            evicted.append(message["data"])
-    load.keep_going(0.3)
+    evicted = fill_until_evicting(admin, load, policy, prefix)
     tally = load.finish()
-    events.close()
     admin.config_set("maxmemory", 0)
     admin.close()
     # The copies of the very sessions under load went, not only junk.
