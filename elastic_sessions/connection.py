@@ -27,6 +27,7 @@ from redis.exceptions import (
     ClusterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 
@@ -45,6 +46,7 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     OutOfMemoryError,
     ReadOnlyError,
     ClusterDownError,  # includes MasterDown
+    SlotNotCoveredError,  # a slot map taken while the cluster changed shape
     TryAgainError,
 )
 

@@ -16,6 +16,8 @@ Primary kills with failover are in tests/test_failover.py.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 from redis.crc import key_slot
+
+from elastic_sessions.backends.redis import SessionStore as RedisStore
 
 from . import test_hybrid_faults
 from .contract import redis_key_of
@@ -254,6 +258,46 @@ def test_cluster_pause_ending_between_the_retries_of_a_load_is_a_503(make_cluste
     # sent then and answered when the pause ends (2 s), before it times out (2.5 s).
     status = client.get("/keys/n/").status_code
     assert status == 503
+
+
+def test_cluster_down_reply_is_sent_again_once_the_cluster_heals(make_cluster, settings):
+    """A node that answers CLUSTERDOWN for a moment (as one did once in CI just after a
+    CLUSTER FAILOVER) costs no request: the refused commands are sent again after the
+    client reloads its slot map; a cluster that stays down is an outage (503)."""
+    on = OnCluster(make_cluster())
+    use(settings, "redis-engine", on.settings())
+    client = signed_in("healing")
+    assert client.get("/swap/s1/before/").status_code == 200
+    slot = key_slot(redis_key_of(client.cookies[COOKIE].value).encode())
+    owner = next(p for p in on.topology.primaries() if slot in on.slots_of(p))
+    with admin_of(owner) as admin:
+        # With one slot unserved, the owner's whole cluster state fails (full coverage).
+        admin.execute_command("CLUSTER", "DELSLOTS", slot)
+        with pytest.raises(redis.exceptions.ClusterDownError):
+            admin.get(redis_key_of(client.cookies[COOKIE].value))
+        healer = threading.Timer(0.1, admin.execute_command, ("CLUSTER", "ADDSLOTS", slot))
+        healer.start()
+        response = client.get("/swap/s1/after/")
+        healer.join()
+        assert response.status_code == 200, response.content
+        assert response.json()["before"] == "before"
+        assert client.get("/swap/s1/again/").json()["before"] == "after"
+
+        async def load_async_while_healing() -> dict[str, Any]:
+            key = client.cookies[COOKIE].value
+            await RedisStore(session_key=key).aload()  # the loop's client knows the slots
+            admin.execute_command("CLUSTER", "DELSLOTS", slot)
+            healer = threading.Timer(0.1, admin.execute_command, ("CLUSTER", "ADDSLOTS", slot))
+            healer.start()
+            loaded = await RedisStore(session_key=key).aload()
+            healer.join()
+            return loaded
+
+        assert asyncio.run(load_async_while_healing())["s1"] == "again"
+        admin.execute_command("CLUSTER", "DELSLOTS", slot)
+        stays_down = client.get("/keys/s1/")
+        admin.execute_command("CLUSTER", "ADDSLOTS", slot)
+    assert stays_down.status_code == 503
 
 
 # -- maxmemory -----------------------------------------------------------------------------

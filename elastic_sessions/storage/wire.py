@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from redis.exceptions import ResponseError
+from redis.exceptions import ClusterDownError, ResponseError
 
 from ..connection import is_cluster
 
@@ -171,7 +171,15 @@ def _cluster_execute(client: Any, commands: Sequence[Command]) -> list[Any]:
             # Named, or redis-py asks a node COMMAND GETKEYS (with the whole
             # script) to find the key of each EVAL: one extra request per script.
             pipe.execute_command(*command, target_nodes=client.get_node_from_key(key))
-    return _raise_outages(pipe.execute(raise_on_error=False))
+    replies = pipe.execute(raise_on_error=False)
+    for index in _refused_while_healing(replies):
+        # The client's single-command path waits, reloads the slot map and
+        # retries (RETRIES times), as it does for any command of its own.
+        try:
+            replies[index] = client.execute_command(*commands[index])
+        except ResponseError as err:
+            replies[index] = err
+    return _raise_outages(replies)
 
 
 async def _acluster_execute(client: Any, commands: Sequence[Command]) -> list[Any]:
@@ -183,7 +191,21 @@ async def _acluster_execute(client: Any, commands: Sequence[Command]) -> list[An
             pipe.execute_command(*command)
         else:
             pipe.execute_command(*command, target_nodes=client.get_node_from_key(key))
-    return _raise_outages(await pipe.execute(raise_on_error=False))
+    replies = await pipe.execute(raise_on_error=False)
+    for index in _refused_while_healing(replies):
+        try:
+            replies[index] = await client.execute_command(*commands[index])
+        except ResponseError as err:
+            replies[index] = err
+    return _raise_outages(replies)
+
+
+def _refused_while_healing(replies: list[Any]) -> list[int]:
+    # A node answers CLUSTERDOWN for a moment while the cluster changes shape
+    # (seen just after a CLUSTER FAILOVER).  The command was refused, not run,
+    # so sending it again is safe; redis-py's cluster pipeline resends MOVED,
+    # ASK and TRYAGAIN replies but leaves this one in its slot.
+    return [index for index, reply in enumerate(replies) if isinstance(reply, ClusterDownError)]
 
 
 def _raise_outages(replies: list[Any]) -> list[Any]:
