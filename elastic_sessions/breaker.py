@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from django.core.signals import setting_changed
 
 from .conf import elastic_settings
-from .connection import OUTAGE_ERRORS, _redact
+from .connection import _redact, is_outage
 from .exceptions import SessionStoreUnavailable
 from .signals import store_degraded, store_recovered
 
@@ -240,7 +240,7 @@ class CircuitBreaker:
                 self.probe_interval,
             )
             return True
-        if isinstance(error, (SessionStoreUnavailable, *OUTAGE_ERRORS)):
+        if isinstance(error, SessionStoreUnavailable) or is_outage(error):
             logger.debug("Session store %s still unavailable (%s).", self.name, description)
         else:
             # Not an outage: most likely a bug in before_close, which would keep the

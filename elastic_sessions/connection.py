@@ -27,6 +27,7 @@ from redis.exceptions import (
     ClusterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -81,10 +82,20 @@ class translate_outages:
     def __exit__(
         self, kind: type[BaseException] | None, err: BaseException | None, _tb: Any
     ) -> None:
-        if err is not None and isinstance(err, OUTAGE_ERRORS):
+        if err is not None and is_outage(err):
             raise SessionStoreUnavailable(
                 _redact(f"Redis could not {self.action}: {type(err).__name__}: {err}")
             ) from err
+
+
+def is_outage(err: BaseException) -> bool:
+    """Whether ``err`` means "the store cannot serve now" (see OUTAGE_ERRORS)."""
+    if isinstance(err, OUTAGE_ERRORS):
+        return True
+    # redis-py's cluster clients wrap "no node answered" (when they first load
+    # the slot map, or reload it) in a RedisClusterException raised from the
+    # last connection error.
+    return isinstance(err, RedisClusterException) and isinstance(err.__cause__, OUTAGE_ERRORS)
 
 
 def _redact(message: str) -> str:

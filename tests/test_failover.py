@@ -10,7 +10,7 @@ settings, these tests check what the docs promise:
   ``RECOVERY_BOUND`` (2 s) after the failover completes; every other answer is a 200.
   The failover itself completes within ``FAILOVER_BOUND`` (10 s).
 - No session is lost, and no write is lost, except writes acknowledged by the old primary
-  after the last replication barrier before the kill (``WAIT 1 100``): the writes Redis
+  after the last replication barrier before the kill (``WAIT 1 1000``): the writes Redis
   itself lost in its asynchronous replication window.
   Nothing is ever read older than that, and nothing stale is read after it.
 - The ``hybrid`` engine answers every request (no ``503``), loses no session and no write,
@@ -75,14 +75,14 @@ class FailoverLoad(Load):
         self.window_lost: set[tuple[str, int]] = set()
 
     def barrier(self, primary: redis.Redis, key: str) -> None:
-        """Snapshot what is acknowledged, then wait until a replica has it (WAIT 1 100)."""
+        """Snapshot what is acknowledged, then wait until a replica has it (WAIT 1 1000)."""
         with self.lock:
             floors = {f"worker{i}": self.written[i] for i in range(THREADS)}
             floors |= {f"s{i}": self.acked[i] for i in range(THREADS)}
         # WAIT counts the replicas that have this connection's last write, and with it
         # everything the primary replicated before it.
         primary.set(key, "barrier")
-        assert primary.wait(1, 100) >= 1, "the replica did not catch up within 100 ms"
+        assert primary.wait(1, 1000) >= 1, "the replica did not catch up within 1 s"
         self.floors = floors
 
     def _mismatch(
