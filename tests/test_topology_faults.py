@@ -343,8 +343,9 @@ def test_primary_restarted_empty_before_failover_under_load(deploy, transitions,
     assert load.requests() - during >= 20  # the outage was served, not waited out
     primary.start()  # no --save, no AOF: empty
     load.phase = "restarted empty"
-    wait_until(lambda: on.back_in_service(primary), 10, "the primary back in service")
-    wait_until_closed(load)
+    # Generous bounds: this test promises no recovery time, only that nothing is lost.
+    wait_until(lambda: on.back_in_service(primary), 20, "the primary back in service")
+    wait_until_closed(load, timeout=10)
     load.phase = "recovered"
     load.keep_going(0.8)
     tally = load.finish()
