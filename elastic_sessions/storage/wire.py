@@ -161,7 +161,8 @@ def _script_key(command: Command) -> Any:
     return None
 
 
-def _cluster_execute(client: Any, commands: Sequence[Command]) -> list[Any]:
+def _cluster_pipeline(client: Any, commands: Sequence[Command]) -> Any:
+    """A (sync or async) cluster pipeline holding ``commands``, not sent yet."""
     pipe = client.pipeline()
     for command in commands:
         key = _script_key(command)
@@ -171,7 +172,11 @@ def _cluster_execute(client: Any, commands: Sequence[Command]) -> list[Any]:
             # Named, or redis-py asks a node COMMAND GETKEYS (with the whole
             # script) to find the key of each EVAL: one extra request per script.
             pipe.execute_command(*command, target_nodes=client.get_node_from_key(key))
-    replies = pipe.execute(raise_on_error=False)
+    return pipe
+
+
+def _cluster_execute(client: Any, commands: Sequence[Command]) -> list[Any]:
+    replies = _cluster_pipeline(client, commands).execute(raise_on_error=False)
     for index in _refused_while_healing(replies):
         # The client's single-command path waits, reloads the slot map and
         # retries (RETRIES times), as it does for any command of its own.
@@ -184,14 +189,7 @@ def _cluster_execute(client: Any, commands: Sequence[Command]) -> list[Any]:
 
 async def _acluster_execute(client: Any, commands: Sequence[Command]) -> list[Any]:
     await client.initialize()  # loads the slot map once; then returns at once
-    pipe = client.pipeline()
-    for command in commands:
-        key = _script_key(command)
-        if key is None:
-            pipe.execute_command(*command)
-        else:
-            pipe.execute_command(*command, target_nodes=client.get_node_from_key(key))
-    replies = await pipe.execute(raise_on_error=False)
+    replies = await _cluster_pipeline(client, commands).execute(raise_on_error=False)
     for index in _refused_while_healing(replies):
         try:
             replies[index] = await client.execute_command(*commands[index])
