@@ -30,7 +30,7 @@ from .contract import redis_key_of
 from .load import COOKIE, with_cookie
 from .redis_server import RedisServer, claim_free_port, release_port
 from .redis_topologies import CLUSTER_SLOTS, HOST, wait_until
-from .tls import make_certificates
+from .tls import client_tls_options, engine_tls_settings, make_certificates
 
 pytestmark = [pytest.mark.topology, pytest.mark.django_db]
 
@@ -45,18 +45,10 @@ class TlsCluster:
     servers: list[RedisServer] = field(default_factory=list)
     bus_ports: list[int] = field(default_factory=list)
 
-    def tls_options(self) -> dict[str, Any]:
-        return {
-            "ssl_ca_certs": str(self.certs["ca"]),
-            "ssl_certfile": str(self.certs["client_cert"]),
-            "ssl_keyfile": str(self.certs["client_key"]),
-        }
-
     def client(self, port: int) -> redis.Redis:
         """An admin client of one node, over TLS with the client certificate."""
-        return redis.Redis(
-            HOST, port, ssl=True, decode_responses=True, socket_timeout=2, **self.tls_options()
-        )
+        options = client_tls_options(self.certs)
+        return redis.Redis(HOST, port, ssl=True, decode_responses=True, socket_timeout=2, **options)
 
     def start(self) -> TlsCluster:
         for index in range(PRIMARIES):
@@ -118,9 +110,7 @@ def tls_cluster(tmp_path: Path, settings: Any) -> Iterator[TlsCluster]:
             "REDIS_URL": f"rediss://{HOST}:{first.port}/0",
             "CLUSTER": True,
             "CLUSTER_NODES": [f"{HOST}:{s.port}" for s in others],
-            "SSL_CA_CERTS": str(certs["ca"]),
-            "SSL_CERTFILE": str(certs["client_cert"]),
-            "SSL_KEYFILE": str(certs["client_key"]),
+            **engine_tls_settings(certs),
         }
         yield cluster
     finally:

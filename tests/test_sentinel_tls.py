@@ -23,7 +23,7 @@ from elastic_sessions.exceptions import SessionStoreUnavailable
 from .contract import redis_key_of
 from .redis_server import RedisServer, claim_free_port, release_port
 from .redis_topologies import FAST_SYNC, HOST, SentinelServer, wait_until
-from .tls import make_certificates
+from .tls import client_tls_options, engine_tls_settings, make_certificates
 
 pytestmark = pytest.mark.topology
 
@@ -41,16 +41,8 @@ class TlsSentinelTopology:
 
     def client(self, port: int) -> redis.Redis:
         """An admin client, over TLS with the client certificate."""
-        return redis.Redis(
-            HOST,
-            port,
-            ssl=True,
-            ssl_ca_certs=str(self.certs["ca"]),
-            ssl_certfile=str(self.certs["client_cert"]),
-            ssl_keyfile=str(self.certs["client_key"]),
-            decode_responses=True,
-            socket_timeout=2,
-        )
+        options = client_tls_options(self.certs)
+        return redis.Redis(HOST, port, ssl=True, decode_responses=True, socket_timeout=2, **options)
 
     def _start(self, name: str, server_class: type[RedisServer], **options: Any) -> RedisServer:
         datadir = self.basedir / name
@@ -111,9 +103,7 @@ def tls_sentinel(tmp_path: Path, settings: Any) -> Iterator[TlsSentinelTopology]
             "REDIS_URL": "rediss:///0",
             "SENTINELS": [f"{HOST}:{topology.sentinel.port}"],
             "SENTINEL_SERVICE": SERVICE,
-            "SSL_CA_CERTS": str(certs["ca"]),
-            "SSL_CERTFILE": str(certs["client_cert"]),
-            "SSL_KEYFILE": str(certs["client_key"]),
+            **engine_tls_settings(certs),
         }
         yield topology
     finally:

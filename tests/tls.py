@@ -97,3 +97,17 @@ def make_certificates(
         "client_cert": directory / "client.crt",
         "client_key": directory / "client.key",
     }
+
+
+def client_tls_options(certs: dict[str, Path]) -> dict[str, str]:
+    """redis-py's options for mutual TLS with the certificates of ``make_certificates``."""
+    return {
+        "ssl_ca_certs": str(certs["ca"]),
+        "ssl_certfile": str(certs["client_cert"]),
+        "ssl_keyfile": str(certs["client_key"]),
+    }
+
+
+def engine_tls_settings(certs: dict[str, Path]) -> dict[str, str]:
+    """The same, as ELASTIC_SESSIONS keys."""
+    return {name.upper(): value for name, value in client_tls_options(certs).items()}
