@@ -369,6 +369,12 @@ class ClusterTopology(_Topology):
             serving = [n for n in view if n.port in live and n.is_primary and n.slots]
             if len(serving) != self.primary_count:
                 return False
+            # Replication roles travel by gossip: until every node has heard them, some
+            # view shows a replica as an empty primary and `replicas()` misses it.
+            serving_ids = {n.node_id for n in serving}
+            others = [n for n in view if n.port in live and n not in serving]
+            if any(n.primary_id not in serving_ids for n in others):
+                return False
         return all(replica_in_sync(server.port) for server in self.replicas())
 
     def cluster_info(self, port: int) -> dict[str, str]:
