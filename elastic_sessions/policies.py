@@ -34,6 +34,11 @@ from .exceptions import SessionLimitExceeded
 
 # Reserved session key: the user's privileges at login, as privilege_fingerprint().
 PRIVILEGES_KEY = "_elastic_privileges"
+# Where Django's set_expiry() keeps a session's own expiry.
+EXPIRY_KEY = "_session_expiry"
+# How long a login's claim on a place under MAX_SESSIONS_PER_USER "deny" lasts
+# when the login never completes (see _claim_place).
+LOGIN_CLAIM_SECONDS = 60
 
 _limit_logger = logging.getLogger("django.security.SessionLimitExceeded")
 _privilege_logger = logging.getLogger("django.security.PrivilegeChange")
@@ -69,20 +74,29 @@ def enforce_session_limit(session: ElasticSessionBase, user: Any) -> None:
 
     ``"evict_oldest"`` revokes the oldest others (by creation time) through
     ``api.revoke_session``, which sends ``session_revoked``; ``"deny"`` flushes
-    ``session`` and raises ``SessionLimitExceeded``.  The count is read, not
-    locked: two logins at the same instant may both pass.
+    ``session`` and raises ``SessionLimitExceeded``.
+
+    Under ``"deny"`` the session is stored before the count (:func:`_claim_place`),
+    so simultaneous logins see each other: they can all be refused, never all let
+    through past the limit.  Under ``"evict_oldest"`` the count is read, not locked:
+    logins at the same instant may leave the user one session over the limit each,
+    until the next login evicts down to it.
     """
     limit = elastic_settings.MAX_SESSIONS_PER_USER
     if not limit:
         return
+    deny = elastic_settings.SESSION_LIMIT_POLICY == "deny"
+    if deny:
+        _claim_place(session)
     current = session.storage_id
-    # The new session enters the user's index only when the response saves it.
+    # Without a claim, the new session enters the user's index only when the
+    # response saves it.
     others = [info for info in api.list_sessions(user) if info.storage_id != current]
     excess = len(others) + 1 - limit
     if excess <= 0:
         return
     user_id = api.user_id_of(user)
-    if elastic_settings.SESSION_LIMIT_POLICY == "deny":
+    if deny:
         session.flush()
         _limit_logger.warning(
             "Refused a login of user %s: %d sessions open, MAX_SESSIONS_PER_USER is %d.",
@@ -104,6 +118,24 @@ def enforce_session_limit(session: ElasticSessionBase, user: Any) -> None:
         limit,
         ", ".join(ended),
     )
+
+
+def _claim_place(session: ElasticSessionBase) -> None:
+    """Store the signing-in session, under the user, before counting.
+
+    Every login stores itself, then counts: of two simultaneous logins, the
+    later count sees both.  The stored copy expires after
+    ``LOGIN_CLAIM_SECONDS`` unless the response's save (the session is modified
+    again here) gives it its real expiry: a login that fails after this point
+    leaves no session that holds a place for long.
+    """
+    expiry = session.get(EXPIRY_KEY)
+    session.set_expiry(LOGIN_CLAIM_SECONDS)
+    session.save()
+    if expiry is None:
+        session.pop(EXPIRY_KEY, None)
+    else:
+        session[EXPIRY_KEY] = expiry
 
 
 def privilege_fingerprint(user: Any) -> str:

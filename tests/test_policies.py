@@ -5,22 +5,25 @@ when a signed-in user's privileges change."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from importlib import import_module
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
-from django.contrib.auth import get_user_model
-from django.db import connection
+from django.contrib.auth import SESSION_KEY, get_user_model
+from django.db import connection, connections
 from django.db.models import F
 from django.test import AsyncClient, Client
 from django.test.utils import CaptureQueriesContext
 
 from elastic_sessions import api
 from elastic_sessions.codec import META_FIELD, SessionMeta
+from elastic_sessions.exceptions import SessionLimitExceeded
 from elastic_sessions.keys import storage_id
 from elastic_sessions.models import DurableSession
+from elastic_sessions.policies import LOGIN_CLAIM_SECONDS, enforce_session_limit
 from elastic_sessions.signals import session_revoked
 from elastic_sessions.storage import database
 from elastic_sessions.storage.database import DatabaseSessionStorage
@@ -156,12 +159,79 @@ def test_deny_answers_403_and_keeps_the_old_sessions(policy, r, caplog):
     assert [record.levelno for record in records] == [logging.WARNING]
 
 
-def test_deny_lets_a_login_within_the_limit_through(policy):
-    """Under "deny" logins up to the limit succeed and stay signed in."""
+def test_deny_lets_a_login_within_the_limit_through(policy, r):
+    """Under "deny" logins up to the limit succeed and stay signed in, with the
+    site's expiry: the short-lived place each login claims first is not kept."""
     policy(MAX_SESSIONS_PER_USER=2, SESSION_LIMIT_POLICY="deny")
     first, second = signed_in(), signed_in()
     assert user_of(first) == user_of(second) == "alice"
     assert len(api.list_sessions(alice())) == 2
+    age = django_settings.SESSION_COOKIE_AGE
+    for client in (first, second):
+        assert r.ttl(redis_key_of(key_of(client))) > age - 60 > LOGIN_CLAIM_SECONDS
+        assert client.get("/expiry/").json()["age"] == age
+
+
+def test_deny_claim_of_a_login_that_never_completes_expires_soon(policy, engine, r):
+    """A login that fails after the count (its response never saves) leaves its
+    claimed place for LOGIN_CLAIM_SECONDS, not for the session's whole life."""
+    policy(MAX_SESSIONS_PER_USER=2, SESSION_LIMIT_POLICY="deny")
+    existing = signed_in()
+    user = alice()
+    session = import_module(django_settings.SESSION_ENGINE).SessionStore()
+    session.create()
+    session[SESSION_KEY] = str(user.pk)
+    enforce_session_limit(session, user)  # then the view fails: no response save
+    key = session.session_key
+    listed = {info.storage_id for info in api.list_sessions(user)}
+    assert listed == {storage_id(key_of(existing)), storage_id(key)}
+    assert 0 < r.ttl(redis_key_of(key)) <= LOGIN_CLAIM_SECONDS
+    if engine == "hybrid":
+        row = DurableSession.objects.get(pk=storage_id(key))
+        assert row.expires_at <= time.time() + LOGIN_CLAIM_SECONDS
+
+
+def test_deny_holds_the_limit_when_logins_race(policy, engine, database_vendor):
+    """Eight logins of one user at the same instant, under "deny" with room for two
+    more: never more than two get in, and the store holds exactly those that did."""
+    if engine == "hybrid" and database_vendor == "sqlite":
+        pytest.skip("pytest-django's in-memory SQLite locks whole tables across threads")
+    policy(MAX_SESSIONS_PER_USER=3, SESSION_LIMIT_POLICY="deny")
+    existing = signed_in()
+    user = alice()
+    store_class = import_module(django_settings.SESSION_ENGINE).SessionStore
+    start = threading.Barrier(8)
+    outcomes: dict[str, str] = {}
+
+    def log_in() -> None:
+        try:
+            session = store_class()
+            session.create()  # the browser's session before login() cycles it
+            session[SESSION_KEY] = str(user.pk)
+            key = session.session_key
+            assert key is not None
+            start.wait(timeout=10)
+            try:
+                enforce_session_limit(session, user)
+            except SessionLimitExceeded:
+                outcomes[key] = "denied"
+                return
+            session.save()  # the login response's save
+            outcomes[key] = "signed in"
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=log_in) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(outcomes) == 8  # every login finished, one way or the other
+    admitted = {key for key, outcome in outcomes.items() if outcome == "signed in"}
+    assert len(admitted) <= 2
+    listed = {info.storage_id for info in api.list_sessions(user)}
+    assert listed == {storage_id(key) for key in {key_of(existing), *admitted}}
+    assert user_of(existing) == "alice"
 
 
 # -- binding ------------------------------------------------------------------
